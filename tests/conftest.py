@@ -1,0 +1,25 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the checkout; tests that need it skip without it."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get('FACEKIT_SHARED_DATA', REPO.parent / 'shared' / 'data'))
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture
+def shared_data():
+    """Path to ../shared/data; the test is skipped when it is absent (a user's fresh clone has none)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'real test data not found at {SHARED_DATA}')
+    return SHARED_DATA
+
+
+@pytest.fixture
+def repo_root():
+    return REPO
