@@ -1,0 +1,51 @@
+"""Device choice, bad-flag messages and precision selection."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common.runtime import Runtime, amp_dtype_for, require_path, select_device
+
+
+def test_select_device_cpu_and_auto():
+    assert select_device('cpu').type == 'cpu'
+    assert select_device('auto').type in ('cpu', 'cuda', 'mps')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
+def test_cuda_without_gpu_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        select_device('cuda:0')
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert '--device' in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_device_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        select_device('tpu7')
+    assert e.value.code == 2 and '--device' in capsys.readouterr().err
+
+
+def test_require_path_names_flag_and_path(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        require_path(tmp_path / 'missing', '--data-root')
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert '--data-root' in err and 'missing' in err
+
+
+def test_amp_is_full_precision_on_cpu_and_scaler_is_a_no_op():
+    assert amp_dtype_for(torch.device('cpu'), True) is None
+    rt = Runtime(device=torch.device('cpu'))
+    assert not rt.grad_scaler().is_enabled()
+    with rt.autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_toy_script_bad_data_flag_has_no_traceback(tmp_path, repo_root):
+    result = subprocess.run([sys.executable, str(repo_root / 'tests' / 'toy_train.py'), '--out', str(tmp_path),
+                             '--device', 'nonsense'], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert 'Traceback' not in result.stderr and '--device' in result.stderr
