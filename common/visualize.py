@@ -22,3 +22,58 @@ def plot_history(rows: list[dict], path, keys=None, title: str = ''):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_pr_curves(curves: dict, path, title: str = 'precision-recall'):
+    """Precision-recall curves, one per entry of {name: {'precision', 'recall'[, 'ap']}}; AP in the legend.
+
+    Fits WIDER FACE (easy / medium / hard from common.evaluation.widerface) and per-class VOC curves alike.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, curve in curves.items():
+        recall = np.asarray(curve['recall'], dtype=float)
+        precision = np.asarray(curve['precision'], dtype=float)
+        shown = np.isfinite(recall) & np.isfinite(precision) & (recall > 0)  # drop thresholds with no detection
+        label = f'{name} (AP {curve["ap"]:.4f})' if curve.get('ap') is not None else str(name)
+        ax.plot(recall[shown], precision[shown], label=label)
+    ax.set_xlabel('recall')
+    ax.set_ylabel('precision')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc='lower left')
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# left eye, right eye, nose, left mouth corner, right mouth corner (BGR)
+LANDMARK_COLOURS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
+
+
+def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0)):
+    """Draw face detections on a copy of a BGR uint8 image: boxes (N,4) x1y1x2y2, scores (N,) as text above each
+    box, landmarks (N,5,2) as five coloured dots (torch tensors or numpy arrays, original-image pixels)."""
+    import cv2
+    import numpy as np
+
+    def as_numpy(a):
+        return None if a is None else np.asarray(a.detach().cpu() if hasattr(a, 'detach') else a, dtype=np.float32)
+
+    canvas = image.copy()
+    boxes, scores, landmarks = as_numpy(boxes), as_numpy(scores), as_numpy(landmarks)
+    thickness = max(1, round(max(canvas.shape[:2]) / 600))
+    radius = thickness + 1
+    for i, (x1, y1, x2, y2) in enumerate(np.round(boxes.reshape(-1, 4)).astype(int)):
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
+        if scores is not None:
+            cv2.putText(canvas, f'{scores[i]:.2f}', (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.4 * thickness, (255, 255, 255), thickness, cv2.LINE_AA)
+        if landmarks is not None:
+            for (px, py), dot in zip(np.round(landmarks[i].reshape(5, 2)).astype(int), LANDMARK_COLOURS):
+                cv2.circle(canvas, (px, py), radius, dot, -1)
+    return canvas

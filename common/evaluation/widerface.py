@@ -19,24 +19,28 @@ The protocol, step by step (the numbers must match the official evaluation kit):
   5. precision = recalled / proposals, recall = recalled / counted faces, AP = VOC all-point AP (precision
      envelope, sum of recall steps times precision).
 
-Choices where the official kit is silent or breaks, all of which leave its numbers unchanged on normal input:
-  - Ties in score keep the order of the prediction file (the kit's descending sort is stable); scores are sorted
-    as read, before normalisation, so normalisation can never reorder or merge them.
+Choices where the official kit is silent or breaks, none of which changes its numbers on normal input:
   - All scores equal (max == min): the kit divides by zero and gets NaN scores (AP 0). Here every prediction
     gets normalised score 1.0, i.e. all of them pass every threshold.
   - A threshold with no proposal has precision 0 here (the kit gets 0/0 = NaN); such thresholds have recall 0
     and never reach the AP sum, so AP is the same.
   - Predictions for images the ground truth does not list are ignored (and reported); they do not enter the
-    normalisation, as in the kit that reads files by the ground-truth image list.
+    normalisation, as in the kit that reads the prediction files by the ground-truth image list.
+  - Ties in score: no rule is needed, the result cannot depend on their order (see below). The loop reference in
+    bench/widerface_eval_speed.py keeps file order for equal scores (a stable descending sort, as the kit's).
 
-How it is vectorised: every prediction of the whole set lives in flat arrays (images contiguous, sorted by score
-inside each image). IoUs are computed for all (prediction, ground truth of the same image) pairs in chunks, the
-best ground truth per prediction comes from `np.maximum.reduceat`. Because a prediction always takes its argmax
-ground truth, "recalls a new face" simply means "is the first prediction (in score order) with IoU >= 0.5 whose
-argmax is that face": `np.unique(..., return_index=True)` finds those first hits for all images at once. Finally,
-since scores are sorted inside each image, "up to the last prediction with score >= t" is exactly "all
-predictions with score >= t", so the per-threshold sums over images are one cumulative sum over the globally
-sorted scores read at 1000 `searchsorted` positions.
+Why no loop over images or predictions is needed: a prediction's ground truth is its best-IoU box, fixed before
+any matching, so the greedy pass only decides WHICH of the predictions hitting a face gets the credit. Since
+scores are sorted inside an image, "up to the last prediction with score >= t" means "all predictions with score
+>= t", and after them a counted face is recalled iff at least one of them hits it (IoU >= 0.5 with that face as
+argmax), while the proposals are those predictions minus the ignored ones. Neither count depends on the order of
+predictions inside an image (equal scores always pass a threshold together, hence no tie rule). So:
+  - IoUs of all (prediction, ground truth of the same image) pairs, in flat chunks over the whole set; the best
+    ground truth per prediction by `reduceat` over each prediction's run of pairs;
+  - each face's "recall score" = the highest score among the predictions hitting it (`np.maximum.at`);
+  - recalled(t) = counted faces with recall score >= t, proposals(t) = non-ignored predictions with score >= t:
+    two sorted arrays read at the 1000 thresholds with `searchsorted`, summed over all images at once.
+The loop transcription in bench/widerface_eval_speed.py gives identical APs (tests/test_widerface_eval.py).
 """
 import argparse
 import json
@@ -166,16 +170,23 @@ def _parse_prediction_file(path):
     if len(rows) != count:
         where = rows[-1][0] if rows else 2
         raise ValueError(f'{path}:{where}: line 2 announces {count} boxes but the file has {len(rows)}')
-    out = np.empty((count, 5), dtype=np.float64)
-    for i, (n, fields) in enumerate(rows):
-        try:
-            if len(fields) < 5:
-                raise ValueError
-            out[i] = [float(v) for v in fields[:5]]
-        except ValueError:
-            raise ValueError(f'{path}:{n}: expected "x y w h score", got {lines[n - 1].strip()!r}') from None
-        if not np.isfinite(out[i]).all():
-            raise ValueError(f'{path}:{n}: non-finite value in {lines[n - 1].strip()!r}')
+    expected = 'expected "x y w h score"'
+    for n, fields in rows:
+        if len(fields) < 5:
+            raise ValueError(f'{path}:{n}: {expected}, got {lines[n - 1].strip()!r}')
+    try:
+        out = np.array([fields[:5] for _, fields in rows], dtype=np.float64).reshape(-1, 5)  # numpy parses in C
+    except ValueError:
+        for n, fields in rows:  # slow path, only to name the line
+            try:
+                [float(v) for v in fields[:5]]
+            except ValueError:
+                raise ValueError(f'{path}:{n}: {expected}, got {lines[n - 1].strip()!r}') from None
+        raise
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        n = rows[int(np.argmin(finite))][0]
+        raise ValueError(f'{path}:{n}: non-finite value in {lines[n - 1].strip()!r}')
     return out
 
 
@@ -258,12 +269,19 @@ def _as_prediction_array(key, value):
 def _best_ground_truth(pred_xyxy, pred_image, gt_xyxy, gt_start, gt_count):
     """Per prediction: the best IoU with a ground truth of its own image and that box's flat index (first on ties).
 
-    Every prediction's image must have at least one ground-truth box. Pairs are laid out prediction-major, so each
-    prediction's IoUs form one contiguous segment and segment max / first argmax are `reduceat`s.
+    Every prediction's image must have at least one ground-truth box. Pairs (prediction, each ground truth of its
+    image) are laid out prediction-major, in chunks that bound memory. Only overlapping boxes have a non-zero IoU,
+    so a cheap intersection test keeps those pairs alone for the IoU and the per-prediction max / first argmax
+    (`reduceat` over each prediction's run of pairs). A prediction that overlaps nothing keeps IoU 0 and, as the
+    argmax of an all-zero row, the first ground truth of its image.
     """
     num = len(pred_xyxy)
     best_iou = np.zeros(num)
-    best_gt = np.zeros(num, dtype=np.int64)
+    best_gt = gt_start[pred_image].copy()
+    px1, py1, px2, py2 = (np.ascontiguousarray(c) for c in pred_xyxy.T)
+    gx1, gy1, gx2, gy2 = (np.ascontiguousarray(c) for c in gt_xyxy.T)
+    pred_area = (px2 - px1 + 1) * (py2 - py1 + 1)
+    gt_area = (gx2 - gx1 + 1) * (gy2 - gy1 + 1)
     pairs_per_pred = gt_count[pred_image]
     pairs_before = np.concatenate(([0], np.cumsum(pairs_per_pred)))
     start = 0
@@ -273,30 +291,35 @@ def _best_ground_truth(pred_xyxy, pred_image, gt_xyxy, gt_start, gt_count):
                    start + 1)
         counts = pairs_per_pred[start:stop]
         seg_start = pairs_before[start:stop] - pairs_before[start]
-        pair_pred = np.repeat(np.arange(start, stop), counts)
-        local_gt = np.arange(int(pairs_before[stop] - pairs_before[start])) - np.repeat(seg_start, counts)
-        pair_gt = gt_start[pred_image[pair_pred]] + local_gt
-        p, g = pred_xyxy[pair_pred], gt_xyxy[pair_gt]
-        iw = np.minimum(p[:, 2], g[:, 2]) - np.maximum(p[:, 0], g[:, 0]) + 1
-        ih = np.minimum(p[:, 3], g[:, 3]) - np.maximum(p[:, 1], g[:, 1]) + 1
-        overlap = (iw > 0) & (ih > 0)
-        inter = iw * ih
-        union = (p[:, 2] - p[:, 0] + 1) * (p[:, 3] - p[:, 1] + 1) + (g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1) \
-            - inter
-        iou = np.zeros(len(inter))
-        np.divide(inter, union, out=iou, where=overlap)
-        seg_max = np.maximum.reduceat(iou, seg_start)
-        # first ground truth reaching the max, as argmax does
-        first = np.minimum.reduceat(np.where(iou == np.repeat(seg_max, counts), local_gt, np.iinfo(np.int64).max),
-                                    seg_start)
-        best_iou[start:stop] = seg_max
-        best_gt[start:stop] = gt_start[pred_image[start:stop]] + first
+        # flat ground-truth index of each pair: its image's first box + the position inside the prediction's run
+        first_gt_of_run = gt_start[pred_image[start:stop]] - seg_start
+        pair_gt = np.arange(seg_start[-1] + counts[-1]) + np.repeat(first_gt_of_run, counts)
+        iw = np.minimum(np.repeat(px2[start:stop], counts), gx2[pair_gt])
+        iw -= np.maximum(np.repeat(px1[start:stop], counts), gx1[pair_gt])
+        iw += 1
+        ih = np.minimum(np.repeat(py2[start:stop], counts), gy2[pair_gt])
+        ih -= np.maximum(np.repeat(py1[start:stop], counts), gy1[pair_gt])
+        ih += 1
+        keep = np.flatnonzero((iw > 0) & (ih > 0))
+        if keep.size:
+            pred = start + np.searchsorted(seg_start, keep, 'right') - 1
+            gt = pair_gt[keep]
+            inter = iw[keep] * ih[keep]
+            iou = inter / (pred_area[pred] + gt_area[gt] - inter)
+            run_start = np.flatnonzero(np.concatenate(([True], pred[1:] != pred[:-1])))
+            run_max = np.maximum.reduceat(iou, run_start)
+            run_len = np.diff(np.append(run_start, len(iou)))
+            # first ground truth reaching the max, as argmax does (gt indices ascend inside a run)
+            first = np.minimum.reduceat(np.where(iou == np.repeat(run_max, run_len), gt, np.iinfo(np.int64).max),
+                                        run_start)
+            best_iou[pred[run_start]] = run_max
+            best_gt[pred[run_start]] = first
         start = stop
     return best_iou, best_gt
 
 
 def _flatten(predictions, gt):
-    """Concatenate ground truth and predictions of all images; predictions sorted by score inside each image."""
+    """Concatenate the ground truth and the predictions of all val images (images in ground-truth order)."""
     gt_count = np.array([len(b) for b in gt.boxes], dtype=np.int64)
     gt_start = np.concatenate(([0], np.cumsum(gt_count)[:-1]))
     gt_xywh = np.concatenate(gt.boxes) if gt.boxes else np.zeros((0, 4))
@@ -311,9 +334,7 @@ def _flatten(predictions, gt):
     pred_count = np.array([len(a) for a in arrays], dtype=np.int64)
     pred = np.concatenate(arrays) if arrays else np.zeros((0, 5))
     pred_image = np.repeat(np.arange(len(gt.keys)), pred_count)
-    # image, then score descending, then file order (stable tie rule)
-    order = np.lexsort((np.arange(len(pred)), -pred[:, 4], pred_image))
-    return pred[order], pred_image[order], gt_xywh, gt_start, gt_count, missing
+    return pred, pred_image, gt_xywh, gt_start, gt_count, missing
 
 
 def _to_xyxy(xywh):
@@ -348,26 +369,22 @@ def evaluate(predictions, gt, iou_thresh=0.5):
     best_iou, best_gt = _best_ground_truth(_to_xyxy(pred), pred_image, _to_xyxy(gt_xywh), gt_start, gt_count)
 
     hit = best_iou >= iou_thresh
-    hit_index = np.flatnonzero(hit)
-    _, first_of_gt = np.unique(best_gt[hit_index], return_index=True)
-    first_hit = np.zeros(len(pred), dtype=bool)  # first prediction (in score order) to hit its argmax face
-    first_hit[hit_index[first_of_gt]] = True
+    # a face is recalled at threshold t iff a prediction with score >= t hits it: keep its best hitting score
+    face_score = np.full(len(gt_xywh), -np.inf)
+    np.maximum.at(face_score, best_gt[hit], norm_score[hit])
 
-    # sums over predictions with score >= t (= per image: up to the last prediction with score >= t)
-    order = np.argsort(norm_score, kind='stable')
     thresholds = score_thresholds()
-    below = np.searchsorted(norm_score[order], thresholds, side='left')
-
-    def count_at_or_above(flags):
-        cumulative = np.concatenate(([0], np.cumsum(flags[order], dtype=np.int64)))
-        return cumulative[-1] - cumulative[below]
+    order = np.argsort(norm_score)
+    below = np.searchsorted(norm_score[order], thresholds, side='left')  # predictions with score < t
 
     result = {'curves': {}, 'missing': missing}
     for setting in SETTINGS:
         counted = np.concatenate(gt.counted[setting]) if gt.boxes else np.zeros(0, dtype=bool)
-        counted_of_pred = counted[best_gt]
-        proposals = count_at_or_above(~(hit & ~counted_of_pred))  # ignored predictions are no proposals
-        recalled = count_at_or_above(first_hit & counted_of_pred)
+        not_ignored = ~(hit & ~counted[best_gt])  # a hit on a face the setting does not count is no proposal
+        cumulative = np.concatenate(([0], np.cumsum(not_ignored[order])))
+        proposals = cumulative[-1] - cumulative[below]
+        recalled_scores = np.sort(face_score[counted])
+        recalled = len(recalled_scores) - np.searchsorted(recalled_scores, thresholds, side='left')
         num_faces = int(counted.sum())
         precision = np.divide(recalled, proposals, out=np.zeros(len(thresholds)), where=proposals > 0)
         recall = recalled / num_faces if num_faces else np.full(len(thresholds), np.nan)
@@ -384,10 +401,56 @@ def evaluate_dirs(pred_dir, gt_dir, iou_thresh=0.5):
 
 # -------------------------------------------------------------------------------------------------------- CLI
 
+
+# ---------------------------------------------------------------- running a detector over a split
+
+
+def _as_list(batch):
+    return batch
+
+
+def evaluate_on_split(detector, split_dir, gt_dir, pred_dir, *, batch_size=1, workers=2, plot=None, log=print) -> dict:
+    """Detect on every image of `split_dir` (label.txt + images/) at the detector's test size, write the official
+    PRED/<event>/<name>.txt layout to `pred_dir`, and return the official Easy/Medium/Hard AP. The images are read
+    by DataLoader workers while the network runs."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from ..datasets import WiderFaceDataset
+
+    dataset = WiderFaceDataset(split_dir)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_as_list)
+    gt = load_ground_truth(gt_dir)
+    predictions = {}
+    started = time.perf_counter()
+    for batch in tqdm(loader, desc='evaluating', leave=False, mininterval=2):
+        images = [image for image, _ in batch]
+        for (_, target), det in zip(batch, detector(images)):
+            event, name = target['name'].split('/')[-2], Path(target['name']).stem
+            xywh = det['boxes'].copy()
+            xywh[:, 2:] -= xywh[:, :2]
+            write_prediction_file(pred_dir, event, name, xywh, det['scores'], det['landmarks'].reshape(-1, 10))
+            predictions[f'{event}/{name}'] = np.concatenate([xywh, det['scores'][:, None]], axis=1)
+    seconds = time.perf_counter() - started
+    result = evaluate(predictions, gt)
+    if plot:
+        from ..visualize import plot_pr_curves
+        plot_pr_curves(result['curves'], plot)
+    aps = {k: float(result[k]) for k in ('easy', 'medium', 'hard')}
+    log(f'WIDER val ({len(dataset)} images, {seconds:.1f}s): Easy {aps["easy"]:.4f}  Medium {aps["medium"]:.4f}  '
+        f'Hard {aps["hard"]:.4f}')
+    return aps
+
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='WIDER FACE val Easy / Medium / Hard AP (official protocol).')
     parser.add_argument('--pred', required=True, help='folder of <event>/<name>.txt prediction files')
-    parser.add_argument('--gt', required=True, help='folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat')
+    parser.add_argument('--gt', required=True,
+                        help='folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat')
     parser.add_argument('--iou', type=float, default=0.5, help='IoU threshold for a match')
     parser.add_argument('--json', help='write {"easy": .., "medium": .., "hard": ..} here')
     parser.add_argument('--plot', help='save the three PR curves to this PNG')

@@ -1,0 +1,422 @@
+"""Face detection data on disk: the RetinaFace label.txt reader, the WIDER FACE dataset and its collate function.
+
+On-disk layout (MindFace / Pytorch_Retinaface):
+
+    <split_dir>/label.txt                     '# event/name.jpg' then one line per face
+    <split_dir>/images/<event>/<name>.jpg
+
+A face line is `x y w h` (boxes-only files) or `x y w h` + 5 x `lx ly flag` [+ score]; landmark coordinates of
+-1 mean "no landmarks". Annotations follow the project conventions: `boxes` float32 (N,4) x1,y1,x2,y2,
+`landmarks` float32 (N,5,2), `landmark_valid` bool (N,).
+
+Command line:
+
+    python -m common.datasets check --labels data/widerface/train/label.txt
+    python -m common.datasets prepare-widerface --wider-root downloads/widerface --out data/widerface \\
+        --labels retinaface_labels/train/label.txt      # official download -> this layout (landmarks optional)
+"""
+import argparse
+import itertools
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+FACE_LINE_SIZES = (4, 19, 20)  # x y w h | + 5 x (lx ly flag) | + score
+FACE_LINE_HELP = 'expected 4, 19 or 20 numbers (x y w h [5 x (lx ly flag)] [score])'
+
+
+class LabelFormatError(ValueError):
+    """A label file that does not follow the expected format; the message starts with `<path>:<line>:`."""
+
+
+@dataclass
+class LabelRecord:
+    """The faces of one image as read from a label file."""
+    name: str                  # relative image path as written in the file, e.g. '0--Parade/0_Parade_1.jpg'
+    boxes: np.ndarray          # float32 (N,4) x1,y1,x2,y2
+    landmarks: np.ndarray      # float32 (N,5,2); zeros where landmark_valid is False
+    landmark_valid: np.ndarray  # bool (N,)
+    line: int                  # 1-based line number of the '#' line
+    dropped: int = 0           # faces dropped for zero or negative width/height
+
+    def target(self) -> dict:
+        """The annotation dict (fresh copies, so transforms may modify it) plus the image name."""
+        return {'boxes': self.boxes.copy(), 'landmarks': self.landmarks.copy(),
+                'landmark_valid': self.landmark_valid.copy(), 'name': self.name}
+
+
+def empty_target() -> dict:
+    """The annotation of an image without faces."""
+    return {'boxes': np.zeros((0, 4), np.float32), 'landmarks': np.zeros((0, 5, 2), np.float32),
+            'landmark_valid': np.zeros(0, bool)}
+
+
+def _bad_number_message(tokens: list[str]) -> str:
+    bad = next(t for t in tokens if not _is_number(t))
+    return f'{FACE_LINE_HELP}, got non-number {bad!r}'
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_retinaface_labels(path) -> list[LabelRecord]:
+    """Read a RetinaFace label.txt into one LabelRecord per '#' line (images without faces included).
+
+    Raises FileNotFoundError for a missing file and LabelFormatError (`path:line: what was expected`) for a
+    malformed line. Boxes with zero or negative size are dropped and counted in `LabelRecord.dropped`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'label file not found: {path}')
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = f.read().splitlines()
+
+    # Pass 1: split lines and check token counts; numbers are converted all at once below (no per-face numpy).
+    names, header_lines, face_counts = [], [], []
+    face_tokens: list[list[str]] = []
+    face_lines: list[int] = []
+    for number, raw in enumerate(lines, start=1):
+        tokens = raw.split()
+        if not tokens:
+            continue
+        if tokens[0].startswith('#'):
+            # '# name.jpg' or '#name.jpg'; extra tokens (some files add width height) are ignored
+            name = tokens[0][1:] or (tokens[1] if len(tokens) > 1 else '')
+            if not name:
+                raise LabelFormatError(f'{path}:{number}: expected "# <event>/<image>.jpg", got {raw.strip()!r}')
+            names.append(name)
+            header_lines.append(number)
+            face_counts.append(0)
+            continue
+        if not names:
+            raise LabelFormatError(f'{path}:{number}: expected a "# <event>/<image>.jpg" line before the first face, '
+                                   f'got {raw.strip()[:60]!r}')
+        if len(tokens) not in FACE_LINE_SIZES:
+            raise LabelFormatError(f'{path}:{number}: {FACE_LINE_HELP}, got {len(tokens)}')
+        face_tokens.append(tokens)
+        face_lines.append(number)
+        face_counts[-1] += 1
+    if not names:
+        raise LabelFormatError(f'{path}:1: expected "# <event>/<image>.jpg" lines; none found '
+                               '(is this a RetinaFace label.txt?)')
+
+    # Pass 2: one float conversion of every token, then vectorised gathering into a (faces, 19) table.
+    sizes = np.fromiter(map(len, face_tokens), dtype=np.int64, count=len(face_tokens))
+    try:
+        flat = np.fromiter(map(float, itertools.chain.from_iterable(face_tokens)), dtype=np.float64,
+                           count=int(sizes.sum()))
+    except ValueError:
+        index = next(i for i, tokens in enumerate(face_tokens) if not all(map(_is_number, tokens)))
+        raise LabelFormatError(f'{path}:{face_lines[index]}: {_bad_number_message(face_tokens[index])}') from None
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    table = np.full((len(sizes), 19), -1.0, np.float32)  # boxes-only lines keep -1 landmarks
+    table[:, :4] = flat[starts[:, None] + np.arange(4)]
+    full = sizes >= 19
+    table[full, 4:] = flat[starts[full, None] + np.arange(4, 19)]
+
+    x, y, w, h = table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+    all_boxes = np.stack([x, y, x + w, y + h], axis=1)
+    all_landmarks = table[:, 4:19].reshape(-1, 5, 3)[:, :, :2].copy()
+    # a point given as (-1, -1) means 'no landmarks' (a single -1 coordinate is a real point just off the image)
+    all_valid = ~(all_landmarks == -1).all(axis=2).any(axis=1)
+    all_landmarks[~all_valid] = 0
+    keep = (w > 0) & (h > 0)
+
+    records = []
+    bounds = np.concatenate([[0], np.cumsum(face_counts)]).astype(int)
+    for i, name in enumerate(names):
+        part = slice(bounds[i], bounds[i + 1])
+        kept = keep[part]
+        records.append(LabelRecord(name=name, boxes=all_boxes[part][kept], landmarks=all_landmarks[part][kept],
+                                   landmark_valid=all_valid[part][kept], line=header_lines[i],
+                                   dropped=int((~kept).sum())))
+    return records
+
+
+def _image_problem(path: Path) -> str | None:
+    """'missing', 'corrupt' or None; decodes at 1/8 size, which still fails on a broken file but costs little."""
+    if not path.is_file():
+        return 'missing'
+    image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    return 'corrupt' if image is None or image.size == 0 else None
+
+
+class WiderFaceDataset(torch.utils.data.Dataset):
+    """WIDER FACE in the MindFace layout: `split_dir/label.txt` and `split_dir/images/<event>/<name>.jpg`.
+
+    The constructor checks every listed image (missing or undecodable ones are named, skipped and counted) and
+    prints one summary line. `dataset[i]` is `(image BGR uint8 HxWx3, target)` where target is the annotation dict
+    plus 'name', passed through `transform(image, target)` when given.
+    """
+
+    def __init__(self, split_dir, transform=None, verbose: bool = True, scan_threads: int = 8):
+        self.split_dir = Path(split_dir)
+        self.transform = transform
+        if not self.split_dir.is_dir():
+            raise FileNotFoundError(f'WIDER FACE split folder not found: {self.split_dir}')
+        label_path = self.split_dir / 'label.txt'
+        if not label_path.is_file():
+            raise FileNotFoundError(f'label file not found: {label_path} (expected <split>/label.txt and '
+                                    '<split>/images/<event>/<name>.jpg)')
+        records = parse_retinaface_labels(label_path)
+        paths = [self.image_path(r.name) for r in records]
+        with ThreadPoolExecutor(max_workers=scan_threads) as pool:  # cv2 releases the GIL while decoding
+            problems = list(pool.map(_image_problem, paths))
+        self.records = [r for r, p in zip(records, problems) if p is None]
+        self.skipped = {kind: [r.name for r, p in zip(records, problems) if p == kind]
+                        for kind in ('missing', 'corrupt')}
+        self.dropped_boxes = sum(r.dropped for r in records)
+        if verbose:
+            print(self.summary())
+
+    def image_path(self, name: str) -> Path:
+        return self.split_dir / 'images' / name
+
+    def summary(self) -> str:
+        faces = sum(len(r.boxes) for r in self.records)
+        text = f'WIDER {self.split_dir.name}: {len(self.records)} images, {faces} faces'
+        missing, corrupt = self.skipped['missing'], self.skipped['corrupt']
+        if missing or corrupt:
+            named = ', '.join((missing + corrupt)[:5]) + (', ...' if len(missing) + len(corrupt) > 5 else '')
+            text += (f'; skipped {len(missing) + len(corrupt)} ({len(missing)} missing, {len(corrupt)} corrupt) '
+                     f'under {self.split_dir / "images"}: {named}')
+        if self.dropped_boxes:
+            text += f'; dropped {self.dropped_boxes} boxes with zero or negative size'
+        return text
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        path = self.image_path(record.name)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:  # passed the scan, so it changed on disk since
+            raise OSError(f'cannot read image {path} (it was readable when the dataset was scanned)')
+        target = record.target()
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+def detection_collate(batch):
+    """[(image HxWx3, target dict)] -> (uint8 tensor (B,3,H,W) BGR, list of target dicts with tensors).
+
+    Arrays in the targets become tensors (boxes float32, landmarks float32, landmark_valid bool); other values
+    (name, scale) pass through unchanged.
+    """
+    images, targets = zip(*batch)
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f'detection_collate needs images of one size (use a transform that resizes); got {shapes}')
+    stacked = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).contiguous()
+    converted = [{k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                  for k, v in t.items()} for t in targets]
+    return stacked, converted
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the official WIDER FACE download -> the MindFace layout
+
+GT_FILES = {'train': 'wider_face_train_bbx_gt.txt', 'val': 'wider_face_val_bbx_gt.txt'}
+EVAL_MATS = tuple(f'wider_{name}_val.mat' for name in ('face', 'easy', 'medium', 'hard'))
+
+
+def parse_wider_bbx_gt(path) -> list[tuple[str, np.ndarray]]:
+    """The official wider_face_*_bbx_gt.txt: per image a name line, a count line, then `count` lines of
+    `x1 y1 w h blur expression illumination invalid occlusion pose` (a count of 0 is followed by one line of
+    zeros). Returns [(name, int array (count, 10))]; a malformed file raises LabelFormatError with `path:line`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'WIDER FACE ground-truth file not found: {path}')
+    lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
+    images, i = [], 0
+    while i < len(lines):
+        name = lines[i].strip()
+        if not name:
+            i += 1
+            continue
+        if not name.lower().endswith(('.jpg', '.jpeg', '.png')):
+            raise LabelFormatError(f'{path}:{i + 1}: expected an image name like 0--Parade/0_Parade_1.jpg, '
+                                   f'got {name[:60]!r}')
+        if i + 1 >= len(lines) or not lines[i + 1].strip().isdigit():
+            raise LabelFormatError(f'{path}:{i + 2}: expected the number of faces of {name}')
+        count = int(lines[i + 1])
+        rows = lines[i + 2:i + 2 + max(count, 1)]  # a count of 0 still has one line of zeros
+        if len(rows) < max(count, 1):
+            raise LabelFormatError(f'{path}:{len(lines)}: file ends inside {name} ({count} faces announced)')
+        values = []
+        for k, row in enumerate(rows):
+            tokens = row.split()[:10]
+            if len(tokens) < 10 or not all(t.lstrip('-').isdigit() for t in tokens):
+                raise LabelFormatError(f'{path}:{i + 3 + k}: expected 10 integers (x1 y1 w h blur expression '
+                                       f'illumination invalid occlusion pose) for face {k + 1} of {name}, '
+                                       f'got {row.strip()[:60]!r}')
+            values.append([int(t) for t in tokens])
+        faces = np.array(values, np.int64).reshape(-1, 10)
+        images.append((name, faces[:count]))
+        i += 2 + max(count, 1)
+    return images
+
+
+def _place_image(source: Path, target: Path, mode: str):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if mode == 'symlink':
+        try:
+            target.symlink_to(source.resolve())
+            return
+        except OSError:  # e.g. Windows without the symlink privilege: copy instead
+            pass
+    shutil.copy2(source, target)
+
+
+def prepare_widerface(wider_root, out, labels=(), mode: str = 'symlink') -> dict:
+    """Build `out/{train,val}/{label.txt,images}` and `out/ground_truth/*.mat` from the official download
+    (WIDER_train/images, WIDER_val/images, wider_face_split/*_bbx_gt.txt). Faces marked invalid are dropped;
+    landmarks come from RetinaFace label files in `labels` (matched by image name and box), else -1.
+    Returns per split counts; images listed but absent are named in 'missing' and left out."""
+    root, out = Path(wider_root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f'WIDER FACE folder not found: {root}')
+    landmarks_by_name = {}
+    for label_file in labels:
+        for record in parse_retinaface_labels(label_file):
+            landmarks_by_name[record.name.removeprefix('./')] = record
+    report = {}
+    for split, gt_name in GT_FILES.items():
+        gt_path = root / 'wider_face_split' / gt_name
+        image_dir = root / f'WIDER_{split}' / 'images'
+        if not gt_path.is_file():
+            report[split] = None
+            continue
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f'{image_dir} not found (next to {gt_path})')
+        counts = {'images': 0, 'faces': 0, 'invalid_dropped': 0, 'with_landmarks': 0, 'missing': []}
+        lines = []
+        for name, faces in parse_wider_bbx_gt(gt_path):
+            source = image_dir / name
+            if not source.is_file():
+                counts['missing'].append(name)
+                continue
+            _place_image(source, out / split / 'images' / name, mode)
+            counts['invalid_dropped'] += int((faces[:, 7] != 0).sum())
+            faces = faces[faces[:, 7] == 0]  # column 7: invalid
+            lines.append(f'# {name}')
+            known = landmarks_by_name.get(name)
+            for x, y, w, h in faces[:, :4].tolist():
+                line, has_landmarks = _face_line(x, y, w, h, known)
+                lines.append(line)
+                counts['with_landmarks'] += has_landmarks
+            counts['images'] += 1
+            counts['faces'] += len(faces)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / split / 'label.txt').write_text('\n'.join(lines) + '\n')
+        report[split] = counts
+    if all(report[split] is None for split in GT_FILES):
+        raise FileNotFoundError(f'neither {root / "wider_face_split" / GT_FILES["train"]} nor '
+                                f'{GT_FILES["val"]} found (is --wider-root the unpacked WIDER FACE download?)')
+    report['ground_truth'] = _copy_eval_mats(root, out / 'ground_truth')
+    return report
+
+
+def _face_line(x, y, w, h, known: LabelRecord | None) -> tuple[str, bool]:
+    """A RetinaFace label line, and whether it has landmarks: those of the face in `known` (the same image in a
+    RetinaFace label file) whose box matches this one within a pixel, else -1."""
+    if known is not None and len(known.boxes):
+        box = np.array([x, y, x + w, y + h], np.float32)
+        distance = np.abs(known.boxes - box).max(axis=1)
+        best = int(distance.argmin())
+        if distance[best] <= 1 and known.landmark_valid[best]:
+            points = ' '.join(f'{px:g} {py:g} 0.0' for px, py in known.landmarks[best].tolist())
+            return f'{x} {y} {w} {h} {points} 1.0', True
+    return f'{x} {y} {w} {h}' + ' -1.0' * 16, False
+
+
+def _copy_eval_mats(root: Path, destination: Path) -> list[str]:
+    """Copy wider_{face,easy,medium,hard}_val.mat from the folder under root holding most of them (the eval kit's
+    ground_truth/); returns the names copied."""
+    found = {}
+    for path in root.rglob('wider_*_val.mat'):
+        found.setdefault(path.parent, []).append(path)
+    if not found:
+        return []
+    folder = max(found, key=lambda f: sum(p.name in EVAL_MATS for p in found[f]))
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(found[folder]):
+        if path.name in EVAL_MATS:
+            shutil.copy2(path, destination / path.name)
+            copied.append(path.name)
+    return copied
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def _check(args) -> int:
+    records = parse_retinaface_labels(args.labels)
+    faces = sum(len(r.boxes) for r in records)
+    with_landmarks = sum(int(r.landmark_valid.sum()) for r in records)
+    without_faces = sum(1 for r in records if len(r.boxes) == 0)
+    dropped = sum(r.dropped for r in records)
+    print(f'{args.labels}: {len(records)} images, {faces} faces ({with_landmarks} with landmarks), '
+          f'{without_faces} images without faces, {dropped} boxes dropped for zero or negative size')
+    return 0
+
+
+def _prepare(args) -> int:
+    report = prepare_widerface(args.wider_root, args.out, args.labels or (), 'copy' if args.copy else 'symlink')
+    for split in GT_FILES:
+        counts = report[split]
+        if counts is None:
+            print(f'{split}: no {Path(args.wider_root) / "wider_face_split" / GT_FILES[split]}, skipped')
+            continue
+        missing = counts['missing']
+        text = (f'{split}: {counts["images"]} images, {counts["faces"]} faces ({counts["with_landmarks"]} with '
+                f'landmarks), {counts["invalid_dropped"]} invalid faces dropped -> {Path(args.out) / split}')
+        if missing:
+            text += f'; {len(missing)} listed images missing: ' + ', '.join(missing[:5]) + (
+                ', ...' if len(missing) > 5 else '')
+        print(text)
+    copied = report['ground_truth']
+    print(f'ground truth: {", ".join(copied)} -> {Path(args.out) / "ground_truth"}' if copied else
+          f'ground truth: no wider_*_val.mat under {args.wider_root} (get the eval kit for WIDER evaluation)')
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m common.datasets', description=__doc__.split('\n')[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    check = commands.add_parser('check', help='parse a RetinaFace label.txt and print image/face counts')
+    check.add_argument('--labels', required=True, help='path to label.txt')
+    prepare = commands.add_parser('prepare-widerface', help='official WIDER FACE download -> MindFace layout')
+    prepare.add_argument('--wider-root', required=True,
+                         help='folder with WIDER_train/, WIDER_val/, wider_face_split/ (and the eval kit)')
+    prepare.add_argument('--out', required=True, help='output folder: {train,val}/label.txt + images, ground_truth/')
+    prepare.add_argument('--labels', action='append',
+                         help='RetinaFace label.txt with landmarks to take them from (repeatable)')
+    prepare.add_argument('--copy', action='store_true', help='copy the images instead of symlinking them')
+    args = parser.parse_args(argv)
+    try:
+        return {'check': _check, 'prepare-widerface': _prepare}[args.command](args)
+    except (FileNotFoundError, LabelFormatError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Augmentations keep boxes and landmarks on the pixels they describe."""
+import numpy as np
+import pytest
+import torch
+
+from common.transforms import (BGR_MEAN, EvalTransform, TrainTransform, horizontal_flip, photometric_distort,
+                               random_square_crop)
+
+# marker colours per landmark; mirrored pairs share a colour so a flip keeps the colour under each point
+PAIR_COLOURS = np.array([[0, 0, 255], [0, 0, 255], [0, 255, 0], [255, 0, 0], [255, 0, 0]], np.uint8)
+FACES = np.array([[40, 30, 100, 100], [150, 60, 210, 140], [230, 120, 290, 200]], np.float32)
+
+
+def face_landmarks(boxes):
+    """Landmarks at the usual places inside each box, on pixel centres (x.5) so markers can be drawn there."""
+    rel = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.57], [0.35, 0.75], [0.65, 0.75]], np.float32)
+    size = boxes[:, 2:] - boxes[:, :2]
+    return np.floor(boxes[:, None, :2] + rel * size[:, None]) + 0.5
+
+
+def marked_sample(colours=PAIR_COLOURS, valid=(True, True, False)):
+    """A 320x240 grey image with a 7x7 marker under every valid landmark."""
+    image = np.full((240, 320, 3), 128, np.uint8)
+    landmarks = face_landmarks(FACES)
+    valid = np.array(valid)
+    for face in np.flatnonzero(valid):
+        for (x, y), colour in zip(landmarks[face].astype(int), colours):
+            image[y - 3:y + 4, x - 3:x + 4] = colour
+    landmarks[~valid] = 0
+    return image, {'boxes': FACES.copy(), 'landmarks': landmarks.astype(np.float32), 'landmark_valid': valid,
+                   'name': 'x.jpg'}
+
+
+def colours_under(image, target):
+    """Colour of the pixel under each valid landmark that lies inside the image: (points, colours)."""
+    h, w = image.shape[:2]
+    points = target['landmarks'][target['landmark_valid']].reshape(-1, 2)
+    pixel = np.floor(points).astype(int)
+    inside = (pixel[:, 0] >= 0) & (pixel[:, 0] < w) & (pixel[:, 1] >= 0) & (pixel[:, 1] < h)
+    return inside, image[pixel[inside, 1], pixel[inside, 0]].astype(int)
+
+
+def test_flip_maps_coordinates_and_swaps_sides():
+    image, target = marked_sample(colours=np.array([[0, 0, 255], [0, 255, 0], [255, 0, 0], [255, 255, 0],
+                                                    [0, 255, 255]], np.uint8))
+    flipped, out = horizontal_flip(image, target)
+    np.testing.assert_array_equal(flipped, image[:, ::-1])
+    np.testing.assert_allclose(out['boxes'][0], [320 - 100, 30, 320 - 40, 100])
+    # the new left eye is the old right eye, mirrored: x -> W - x
+    before_lm = target['landmarks'][0]
+    np.testing.assert_allclose(out['landmarks'][0, 0], [320 - before_lm[1, 0], before_lm[1, 1]])
+    np.testing.assert_allclose(out['landmarks'][0, 3], [320 - before_lm[4, 0], before_lm[4, 1]])
+    assert (out['landmarks'][0, :, 0][[0, 3]] < out['landmarks'][0, :, 0][[1, 4]]).all()  # left stays left
+    np.testing.assert_array_equal(out['landmark_valid'], target['landmark_valid'])
+    assert (out['landmarks'][2] == 0).all()  # faces without landmarks keep zeros
+    # the marker under each landmark is now the mirrored partner's colour
+    _, before = colours_under(image, target)
+    _, after = colours_under(flipped, out)
+    np.testing.assert_array_equal(after.reshape(-1, 5, 3), before.reshape(-1, 5, 3)[:, [1, 0, 2, 4, 3]])
+    back, again = horizontal_flip(flipped, out)
+    np.testing.assert_array_equal(back, image)
+    np.testing.assert_allclose(again['landmarks'], target['landmarks'])
+    np.testing.assert_allclose(again['boxes'], target['boxes'])
+
+
+def coordinate_image(height, width):
+    """Pixels that say where they are: B = x % 256, G = y % 256, R = 16 * (x // 256) + y // 256."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x % 256, y % 256, 16 * (x // 256) + y // 256], -1).astype(np.uint8)
+
+
+def where(pixel):
+    b, g, r = (int(v) for v in pixel)
+    return 256 * (r // 16) + b, 256 * (r % 16) + g  # x, y
+
+
+def test_crop_keeps_faces_whose_centre_is_inside():
+    rng = np.random.default_rng(0)
+    image = coordinate_image(240, 320)
+    _, target = marked_sample()
+    centres = (FACES[:, :2] + FACES[:, 2:]) / 2
+    seen_counts = set()
+    for _ in range(60):
+        crop, out, cropped = random_square_crop(image, target, rng)
+        assert cropped and crop.shape[0] == crop.shape[1]
+        left, top = where(crop[0, 0])
+        side = crop.shape[0]
+        inside = ((centres > [left, top]) & (centres < [left + side, top + side])).all(1)
+        assert inside.any() and len(out['boxes']) == inside.sum()
+        seen_counts.add(int(inside.sum()))
+        expected = np.clip(FACES[inside] - [left, top, left, top], 0, side)
+        np.testing.assert_allclose(out['boxes'], expected)
+        valid = target['landmark_valid'][inside]
+        np.testing.assert_array_equal(out['landmark_valid'], valid)
+        np.testing.assert_allclose(out['landmarks'][valid], target['landmarks'][inside][valid] - [left, top])
+        assert (out['landmarks'][~valid] == 0).all()
+        assert out['boxes'].dtype == np.float32 and out['landmarks'].dtype == np.float32
+    assert len(seen_counts) > 1  # crops of different sizes keep different numbers of faces
+
+
+def test_crop_falls_back_to_whole_image_and_handles_no_faces():
+    rng = np.random.default_rng(0)
+    image = np.zeros((100, 200, 3), np.uint8)
+    tiny = {'boxes': np.array([[0, 0, 2, 2]], np.float32), 'landmarks': np.zeros((1, 5, 2), np.float32),
+            'landmark_valid': np.zeros(1, bool)}
+    # 1-pixel crops never hold the centre (1, 1) strictly inside: every try fails
+    out_image, out, cropped = random_square_crop(image, tiny, rng, scales=(0.01,), tries=5)
+    assert not cropped and out_image is image and out is tiny
+    empty = {'boxes': np.zeros((0, 4), np.float32), 'landmarks': np.zeros((0, 5, 2), np.float32),
+             'landmark_valid': np.zeros(0, bool)}
+    out_image, out, cropped = random_square_crop(image, empty, rng)
+    assert cropped and out['boxes'].shape == (0, 4) and out_image.shape[0] == out_image.shape[1]
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_train_transform_keeps_markers_under_landmarks(flip):
+    transform = TrainTransform(image_size=320, distort=False, flip=flip, seed=1)
+    checked = 0
+    for _ in range(40):
+        image, target = marked_sample()
+        out_image, out = transform(image, target)
+        assert out_image.shape == (320, 320, 3) and out_image.dtype == np.uint8
+        assert out['boxes'].dtype == np.float32 and out['landmark_valid'].dtype == bool
+        assert len(out['boxes']) == len(out['landmarks']) == len(out['landmark_valid']) >= 1
+        inside, found = colours_under(out_image, out)
+        expected = np.tile(PAIR_COLOURS, (int(out['landmark_valid'].sum()), 1))[inside]
+        assert np.abs(found - expected).max(initial=0) <= 60, 'a landmark no longer sits on its marker'
+        checked += len(found)
+        boxes = out['boxes']
+        assert ((boxes >= 0) & (boxes <= 320)).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    assert checked > 100
+
+
+def test_train_transform_min_face_size_and_empty_images():
+    image, target = marked_sample()
+    _, out = TrainTransform(image_size=64, distort=False, min_face_size=1000, seed=0)(image, target)
+    assert out['boxes'].shape == (0, 4) and out['landmarks'].shape == (0, 5, 2)
+    empty = {'boxes': np.zeros((0, 4), np.float32), 'landmarks': np.zeros((0, 5, 2), np.float32),
+             'landmark_valid': np.zeros(0, bool), 'name': 'e.jpg'}
+    out_image, out = TrainTransform(image_size=96, seed=0)(image, empty)
+    assert out_image.shape == (96, 96, 3) and out['boxes'].shape == (0, 4) and out['name'] == 'e.jpg'
+
+
+def test_same_seed_same_result():
+    image, target = marked_sample()
+    a = TrainTransform(image_size=128, seed=5)(image, target)
+    b = TrainTransform(image_size=128, seed=5)(image, target)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1]['boxes'], b[1]['boxes'])
+
+
+def test_photometric_distort_changes_colours_only():
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    outputs = [photometric_distort(image, rng) for _ in range(20)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+    assert sum(not np.array_equal(o, image) for o in outputs) >= 15
+    means = [o.astype(float).mean() for o in outputs]
+    assert max(means) - min(means) > 20  # brightness / contrast really vary
+
+
+def test_eval_transform_records_scale():
+    image, target = marked_sample()
+    out_image, out = EvalTransform(image_size=160)(image, target)
+    assert out_image.shape == (160, 160, 3) and out['scale'] == pytest.approx(0.5)
+    assert out['orig_size'] == (240, 320)
+    np.testing.assert_allclose(out['boxes'], FACES * 0.5)
+    np.testing.assert_allclose(out['boxes'] / out['scale'], FACES)
+    assert (out_image[130:, :] == BGR_MEAN).all()  # padding below the 120-row picture
+
+
+class _Samples(torch.utils.data.Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        image, target = marked_sample()
+        return self.transform(image, target)[1]['boxes'].tolist()
+
+
+def test_workers_draw_different_augmentations():
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(_Samples(TrainTransform(image_size=64, distort=False, seed=0)),
+                                         batch_size=None, num_workers=2)
+    boxes = [str(b) for b in loader]  # samples 0, 2 come from worker 0 and 1, 3 from worker 1
+    assert boxes[0] != boxes[1] and boxes[2] != boxes[3], 'two workers repeat each other'
