@@ -237,14 +237,14 @@ def fit(*, rt: Runtime, model, train_loader, loss_fn, optimizer, scheduler, scal
     row = history.rows[-1] if history.rows else {}
     for epoch in range(start_epoch, args.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
-        started = time.perf_counter()
+        started, lr = time.perf_counter(), optimizer.param_groups[0]['lr']  # the LR the epoch starts with
         try:
             stats = train_one_epoch(rt=rt, model=model, loader=train_loader, loss_fn=loss_fn, optimizer=optimizer,
                                     scheduler=scheduler, scaler=scaler, epoch=epoch, epochs=args.epochs, guard=guard,
                                     grad_clip=grad_clip)
         except torch.cuda.OutOfMemoryError:
             fail(f'CUDA out of memory at --batch-size {args.batch_size}: lower --batch-size (or --image-size)', 1)
-        row = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr'], **stats, 'skipped_steps': guard.skipped}
+        row = {'epoch': epoch, 'lr': lr, **stats, 'skipped_steps': guard.skipped}
         last_epoch = epoch == args.epochs
         if evaluate is not None and ((args.eval_every > 0 and epoch % args.eval_every == 0) or last_epoch):
             if rt.is_main:

@@ -1,1 +1,98 @@
-"""Network definitions. Building a model never reads a file or the network by itself."""
+"""Network definitions. Building a model never reads a file or the network by itself.
+
+`build_model(arch)` rebuilds any network from the plain `arch` dict stored in every checkpoint;
+`load_pretrained(model, path)` fills it from one of the weight files people pass around (see there);
+`fuse_for_inference(model)` folds BatchNorm into the convs for fast inference.
+"""
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from .backbones import fuse_for_inference  # noqa: F401  (re-exported)
+
+
+def _build_retinaface(arch: dict) -> torch.nn.Module:
+    from .retinaface import RetinaFace
+    return RetinaFace(arch.get('network', 'mobile0.25'))
+
+
+# arch['name'] -> builder(arch); each network family adds its entry here
+BUILDERS = {
+    'retinaface': _build_retinaface,
+}
+
+
+def build_model(arch: dict) -> torch.nn.Module:
+    """A freshly initialised network for `arch`, e.g. {'name': 'retinaface', 'network': 'mobile0.25'}."""
+    name = arch.get('name') if isinstance(arch, dict) else None
+    if name not in BUILDERS:
+        raise ValueError(f'unknown model arch {arch!r}: arch["name"] must be one of {", ".join(sorted(BUILDERS))}')
+    return BUILDERS[name](arch)
+
+
+# the ImageNet classifier part of a backbone checkpoint, which the detector does not have
+_CLASSIFIER_PREFIXES = ('fc.', 'avg.', 'classifier.')
+
+
+def _mismatch(state: dict, target: dict) -> tuple[list, list, list]:
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong_shape = [f'{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}'
+                   for k in state if k in target and state[k].shape != target[k].shape]
+    return missing, unexpected, wrong_shape
+
+
+def _describe(missing, unexpected, wrong_shape) -> str:
+    parts = []
+    for label, keys in (('missing', missing), ('unexpected', unexpected), ('wrong shape', wrong_shape)):
+        if keys:
+            parts.append(f'{len(keys)} {label} (e.g. {", ".join(keys[:4])})')
+    return '; '.join(parts)
+
+
+def load_pretrained(model: torch.nn.Module, source) -> str:
+    """Load weights into `model` and return a one-line report. `source` is a path (loaded with weights_only=True)
+    or an already loaded object, any of:
+      - our checkpoint ({'model': state dict, 'arch': ...}) or any full state dict of this network, such as a
+        Pytorch_Retinaface checkpoint (`module.` prefixes are stripped): every key must fit;
+      - a backbone checkpoint such as the ImageNet `mobilenetV1X0.25_pretrain.tar` ({'state_dict': ...}) or a
+        torchvision resnet50 state dict: loaded into `model.body` only, its classifier (fc) dropped; every
+        backbone key must fit.
+    Anything else raises CheckpointError naming a few missing / unexpected keys; nothing is loaded partially."""
+    name = str(source) if isinstance(source, (str, Path)) else 'weights'
+    obj = load_checkpoint(source) if isinstance(source, (str, Path)) else source
+    state = extract_state_dict(obj)
+    full = model.state_dict()
+    body = getattr(model, 'body', None)
+    body_state = body.state_dict() if isinstance(body, torch.nn.Module) else {}
+
+    full_hits = sum(k in full for k in state)
+    body_hits = sum(k in body_state for k in state)
+    if body_state and body_hits > full_hits:
+        backbone = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+        problems = _mismatch(backbone, body_state)
+        if any(problems):
+            raise CheckpointError(f'{name}: looks like a backbone checkpoint but does not fit model.body: '
+                                  f'{_describe(*problems)}')
+        body.load_state_dict(backbone, strict=True)
+        dropped = len(state) - len(backbone)
+        return (f'{name}: loaded {len(backbone)} backbone tensors into model.body'
+                + (f' (dropped {dropped} classifier tensors)' if dropped else '')
+                + f'; {len(full) - len(body_state)} detector tensors keep their initialisation')
+
+    problems = _mismatch(state, full)
+    if any(problems):
+        arch = obj.get('arch') if isinstance(obj, dict) else None
+        hint = f' (the file was saved for arch {arch})' if isinstance(arch, dict) else ''
+        raise CheckpointError(f'{name}: does not fit the model{hint}: {_describe(*problems)}')
+    model.load_state_dict(state, strict=True)
+    return f'{name}: loaded all {len(state)} tensors'
+
+
+def _build_centerface(arch: dict) -> torch.nn.Module:
+    from .centerface import build_centerface
+    return build_centerface(arch)
+
+
+BUILDERS['centerface'] = _build_centerface

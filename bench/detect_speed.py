@@ -1,0 +1,235 @@
+"""Speed of the whole detect.py pipeline per image against a reference-style pipeline, measured in the same run.
+
+    python bench/detect_speed.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth \
+        --network mobile0.25 --source ../shared/data/photos --device cpu [--max-size S] [--repeats R] [--threads T]
+
+Per image, both pipelines read the file, prepare the input, run the network, decode and apply NMS, one image at a
+time, after a warm-up pass over the folder; the median over images x repeats is reported.
+
+- ours: detect.py's pipeline (BatchNorm folded, channels_last on the CPU, batched torch decode + torchvision NMS).
+- baseline: the reference implementation's steps, written here: the plain (unfused) network on a float32 image,
+  priors rebuilt per image by a Python loop over the cells, decode in NumPy, score filter, argsort, top-k, a
+  greedy NMS loop in Python/NumPy (+1 pixel areas), keep top-k.
+
+Both use the same thresholds (default: the reference's test settings, score > 0.02, NMS 0.4, top 5000 / 750).
+The run also checks that the two agree (matched boxes and landmarks in pixels, scores). On CUDA it adds the batch
+throughput of detect.py's batched path. Last lines: `speedup: X.Xx` then `median_ms_per_image: X`.
+"""
+import argparse
+import itertools
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from common import runtime  # noqa: E402
+from common.checkpoint import CheckpointError  # noqa: E402
+from common.detector import is_image_file, load_detector_model  # noqa: E402
+from detect import build_detector, read_image  # noqa: E402
+
+
+# ------------------------------------------------------------------------------- the reference-style baseline
+
+def loop_priors(height, width, min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32)):
+    """Priors built cell by cell in Python, as the reference does for every image."""
+    values = []
+    for sizes, step in zip(min_sizes, steps):
+        for i, j in itertools.product(range(math.ceil(height / step)), range(math.ceil(width / step))):
+            for size in sizes:
+                values += [(j + 0.5) * step / width, (i + 0.5) * step / height, size / width, size / height]
+    return np.array(values, dtype=np.float32).reshape(-1, 4)
+
+
+def loop_nms(dets, threshold):
+    """Greedy NMS: take the best box, drop the ones overlapping it (+1 pixel areas), repeat."""
+    x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        best = order[0]
+        keep.append(best)
+        w = np.maximum(0.0, np.minimum(x2[best], x2[order[1:]]) - np.maximum(x1[best], x1[order[1:]]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[best], y2[order[1:]]) - np.maximum(y1[best], y1[order[1:]]) + 1)
+        inter = w * h
+        overlap = inter / (areas[best] + areas[order[1:]] - inter)
+        order = order[1:][overlap <= threshold]
+    return keep
+
+
+@torch.no_grad()
+def baseline_detect(model, path, device, conf_thres, nms_thres, top_k, keep_top_k, max_size):
+    """One image through the reference-style pipeline -> (N, 15) x1 y1 x2 y2 score + 10 landmark coordinates, and
+    the stage times in ms."""
+    start = time.perf_counter()
+    image = cv2.imread(str(path))
+    scale = 1.0
+    if max_size and max(image.shape[:2]) > max_size:
+        scale = max_size / max(image.shape[:2])
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    height, width = image.shape[:2]
+    tensor = torch.from_numpy(np.float32(image).transpose(2, 0, 1)).unsqueeze(0)  # the mean is removed inside
+    prepared = time.perf_counter()
+    loc, conf, landm = model(tensor.to(device))
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    forwarded = time.perf_counter()
+    priors = loop_priors(height, width)
+
+    loc, landm, logits = loc[0].cpu().numpy(), landm[0].cpu().numpy(), conf[0].cpu().numpy()
+    scores = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax, face column
+    centre = priors[:, :2] + loc[:, :2] * 0.1 * priors[:, 2:]
+    size = priors[:, 2:] * np.exp(loc[:, 2:] * 0.2)
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], 1) * np.array([width, height] * 2) / scale
+    points = np.concatenate([priors[:, :2] + landm[:, 2 * k:2 * k + 2] * 0.1 * priors[:, 2:] for k in range(5)], 1)
+    points = points * np.array([width, height] * 5) / scale
+
+    keep = np.where(scores > conf_thres)[0]
+    boxes, points, scores = boxes[keep], points[keep], scores[keep]
+    order = scores.argsort()[::-1][:top_k]
+    boxes, points, scores = boxes[order], points[order], scores[order]
+    dets = np.hstack((boxes, scores[:, None])).astype(np.float32)
+    keep = loop_nms(dets, nms_thres)
+    dets = np.concatenate((dets[keep], points[keep]), axis=1)[:keep_top_k]
+    done = time.perf_counter()
+    times = {'read+preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
+             'postprocess (priors, decode, NMS)': (done - forwarded) * 1000}
+    return dets, times
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+
+def compare(ours: dict, reference: np.ndarray):
+    """Match each reference detection to our box of highest IoU -> (count difference, unmatched, max box / landmark
+    difference in px, max score difference) over the matched pairs."""
+    mine = np.concatenate([ours['boxes'], ours['scores'][:, None], ours['landmarks'].reshape(-1, 10)], 1)
+    if len(reference) == 0 or len(mine) == 0:
+        return len(mine) - len(reference), max(len(reference), len(mine)), 0.0, 0.0, 0.0
+    a, b = reference[:, None, :4], mine[None, :, :4]
+    inter = (np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2])).clip(min=0).prod(-1)
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    iou = inter / (area(a) + area(b) - inter)
+    best = iou.argmax(1)
+    matched = iou[np.arange(len(reference)), best] > 0.9
+    pairs_ref, pairs_mine = reference[matched], mine[best[matched]]
+    box = np.abs(pairs_ref[:, :4] - pairs_mine[:, :4]).max(initial=0)
+    landmarks = np.abs(pairs_ref[:, 5:] - pairs_mine[:, 5:]).max(initial=0)
+    score = np.abs(pairs_ref[:, 4] - pairs_mine[:, 4]).max(initial=0)
+    return len(mine) - len(reference), int((~matched).sum()), float(box), float(landmarks), float(score)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--weights', required=True)
+    parser.add_argument('--network', default=None, choices=['mobile0.25', 'resnet50'])
+    parser.add_argument('--source', required=True, help='folder of images')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--max-size', type=int, default=None, help='cap the long side (default: original size)')
+    parser.add_argument('--repeats', type=int, default=3, help='timed passes over the folder')
+    parser.add_argument('--conf-thres', type=float, default=0.02)
+    parser.add_argument('--nms-thres', type=float, default=0.4)
+    parser.add_argument('--batch-size', type=int, default=8, help='batch for the CUDA throughput measurement')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='CPU threads for torch (0: its default); 1 gives steadier numbers on a busy machine')
+    return parser.parse_args(argv)
+
+
+def median_ms(values):
+    return statistics.median(values) if values else float('nan')
+
+
+def main(args):
+    weights = runtime.require_path(args.weights, '--weights', 'weights file')
+    source = runtime.require_path(args.source, '--source', 'image folder')
+    paths = sorted(p for p in source.iterdir() if p.is_file() and is_image_file(p)) if source.is_dir() else [source]
+    if not paths:
+        runtime.fail(f'--source: no images in {source}')
+    device = runtime.select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = dict(conf_thres=args.conf_thres, nms_thres=args.nms_thres, pre_nms_top_k=5000, keep_top_k=750)
+    try:
+        detector = build_detector(weights, args.network, device, max_size=args.max_size, **settings)
+        plain_model, _ = load_detector_model(weights, args.network, 'cpu')
+    except CheckpointError as e:
+        runtime.fail(f'--weights: {e}')
+    plain_model = plain_model.to(device).eval()
+    print(f'{len(paths)} images from {source}, {device}, {torch.get_num_threads()} CPU threads, '
+          f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}, {settings}')
+
+    def ours(path):
+        start = time.perf_counter()
+        image = read_image(path)
+        read = (time.perf_counter() - start) * 1000
+        results = detector([image])
+        times = {**detector.times, 'read': read}
+        return results[0], (time.perf_counter() - start) * 1000, times
+
+    def baseline(path):
+        start = time.perf_counter()
+        dets, times = baseline_detect(plain_model, path, device, args.conf_thres, args.nms_thres, 5000, 750,
+                                      args.max_size)
+        return dets, (time.perf_counter() - start) * 1000, times
+
+    for path in paths:  # warm-up: allocator, oneDNN / cuDNN kernels for every size
+        ours(path)
+        baseline(path)
+
+    ours_ms, base_ms, stages, base_stages = [], [], {}, {}
+    last = {}
+    for _ in range(args.repeats):
+        for path in paths:  # interleaved, so load from other processes hits both alike
+            result, ms, times = ours(path)
+            ours_ms.append(ms)
+            for k, v in times.items():
+                stages.setdefault(k, []).append(v)
+            dets, ms, times = baseline(path)
+            base_ms.append(ms)
+            for k, v in times.items():
+                base_stages.setdefault(k, []).append(v)
+            last[path.name] = (result, dets)
+
+    worst = [0, 0, 0.0, 0.0, 0.0]
+    for name, (result, dets) in last.items():
+        count_diff, unmatched, box, landmarks, score = compare(result, dets)
+        print(f'{name}: ours {len(result["boxes"])} faces, baseline {len(dets)}; unmatched {unmatched}, '
+              f'max diff box {box:.3f} px, landmarks {landmarks:.3f} px, score {score:.5f}')
+        worst = [max(abs(count_diff), worst[0]), max(unmatched, worst[1]), max(box, worst[2]),
+                 max(landmarks, worst[3]), max(score, worst[4])]
+    print(f'agreement: max count difference {worst[0]}, unmatched {worst[1]}, box {worst[2]:.3f} px, '
+          f'landmarks {worst[3]:.3f} px, score {worst[4]:.5f}')
+
+    if device.type == 'cuda':
+        images = [read_image(p) for p in paths]
+        batch = images * max(1, args.batch_size // len(images) + 1)
+        detector(batch[:args.batch_size])
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for i in range(0, len(batch) * 4, args.batch_size):
+            chunk = [batch[(i + k) % len(batch)] for k in range(args.batch_size)]
+            detector(chunk)
+        torch.cuda.synchronize(device)
+        n = math.ceil(len(batch) * 4 / args.batch_size) * args.batch_size
+        print(f'batch {args.batch_size} throughput (no file reading): {n / (time.perf_counter() - start):.1f} images/s')
+
+    for label, table in (('ours', stages), ('baseline', base_stages)):
+        print(f'{label} per stage (median ms): {", ".join(f"{k} {median_ms(v):.1f}" for k, v in table.items())}')
+    print(f'baseline_median_ms_per_image: {median_ms(base_ms):.1f}')
+    print(f'speedup: {median_ms(base_ms) / median_ms(ours_ms):.2f}x')
+    print(f'median_ms_per_image: {median_ms(ours_ms):.1f}')
+
+
+if __name__ == '__main__':
+    main(parse_args())

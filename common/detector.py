@@ -1,0 +1,135 @@
+"""A face detector ready for inference: network + its decoder + batched NMS, raw BGR images in, detections in
+original-image pixels out. detect.py, the benchmarks and the WIDER FACE evaluation of every training script use it,
+so they all see exactly the same pre- and post-processing.
+"""
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from .models import build_model, fuse_for_inference
+from .postprocess import postprocess
+
+RETINAFACE_NETWORKS = ('mobile0.25', 'resnet50')
+
+
+def resize_scale(height: int, width: int, *, max_size: int | None = None, test_size: int | None = None) -> float:
+    """Scale factor for one image: 1 (original size) by default; with `test_size` the short side becomes test_size
+    (the reference's 1600 / 2150 protocol) and with `max_size` the long side is capped."""
+    scale = 1.0
+    if test_size:
+        scale = test_size / min(height, width)
+    if max_size and max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return scale
+
+
+def load_detector_model(weights, network: str | None = None, device='cpu') -> tuple[torch.nn.Module, dict]:
+    """Our checkpoint (the network is rebuilt from its `arch`) or a foreign RetinaFace state dict (Pytorch_Retinaface
+    layout, with or without `module.`), for which `network` says which backbone it has."""
+    state = load_checkpoint(weights)
+    if isinstance(state, dict) and isinstance(state.get('arch'), dict):
+        arch = state['arch']
+    elif network:
+        if network not in RETINAFACE_NETWORKS:
+            raise CheckpointError(f'unknown RetinaFace network {network!r} (use {" or ".join(RETINAFACE_NETWORKS)})')
+        arch = {'name': 'retinaface', 'network': network}
+    else:
+        raise CheckpointError(f'{weights}: no "arch" inside (not one of our checkpoints); for a Pytorch_Retinaface '
+                              f'state dict say which backbone with --network mobile0.25|resnet50')
+    model = build_model(arch)
+    weights_dict = extract_state_dict(state)
+    missing, unexpected = model.load_state_dict(weights_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f'{weights}: does not fit {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), '
+                              f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})')
+    return model.to(device).eval(), arch
+
+
+class FaceDetector:
+    """`detector(list of BGR uint8 images) -> list of {'boxes' (N,4) xyxy, 'scores' (N,), 'landmarks' (N,5,2)}` in
+    each image's own pixels; `detector.times` holds the last call's stage times in ms. Images of different sizes
+    are padded (with the mean colour, which the network maps to zero) to one batch, so a folder runs in batches; an
+    image alone keeps its own size, as the reference runs it."""
+
+    def __init__(self, model, arch: dict, device, *, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000,
+                 keep_top_k=750, max_size=None, test_size=None, pad_multiple=1, fuse=True, channels_last=None):
+        self.device = torch.device(device)
+        # folding BatchNorm into the convs copies the model: training goes on with the original untouched
+        self.model = fuse_for_inference(model) if fuse else model.eval()
+        if self.device.type == 'cpu' if channels_last is None else channels_last:  # measured faster on the CPU
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.arch = arch
+        self.conf_thres, self.nms_thres = conf_thres, nms_thres
+        self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k, keep_top_k
+        self.max_size, self.test_size, self.pad_multiple = max_size, test_size, pad_multiple
+        self.decode = decoder_for(arch)
+        self.times = {}
+
+    def prepare(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[float]]:
+        """Resize each image by its scale, pad all to one size (a multiple of `pad_multiple`) and stack into a
+        uint8 (B,3,H,W) tensor on the CPU; returns the batch and the scales."""
+        scales = [resize_scale(*im.shape[:2], max_size=self.max_size, test_size=self.test_size) for im in images]
+        resized = [im if s == 1.0 else cv2.resize(im, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+                   for im, s in zip(images, scales)]
+        m = self.pad_multiple
+        height = math.ceil(max(im.shape[0] for im in resized) / m) * m
+        width = math.ceil(max(im.shape[1] for im in resized) / m) * m
+        if len(resized) == 1 and resized[0].shape[:2] == (height, width):
+            return torch.from_numpy(resized[0]).permute(2, 0, 1)[None], scales  # a view: no copy, no padding
+        batch = np.empty((len(resized), height, width, 3), np.uint8)
+        batch[:] = np.array([104, 117, 123], np.uint8)
+        for i, im in enumerate(resized):
+            batch[i, :im.shape[0], :im.shape[1]] = im
+        return torch.from_numpy(batch).permute(0, 3, 1, 2), scales
+
+    def _synchronize(self):
+        if self.device.type == 'cuda':  # CUDA runs asynchronously: wait, so each stage's time is its own
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, images: list[np.ndarray]) -> list[dict]:
+        start = time.perf_counter()
+        batch, scales = self.prepare(images)
+        batch = batch.to(self.device, non_blocking=True)
+        self._synchronize()
+        prepared = time.perf_counter()
+        outputs = self.model(batch)
+        self._synchronize()
+        forwarded = time.perf_counter()
+        boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:])
+        results = postprocess(boxes, scores, landmarks, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
+                              pre_nms_top_k=self.pre_nms_top_k, keep_top_k=self.keep_top_k)
+        results = [{k: (v.float() / s if k != 'scores' else v.float()).cpu().numpy() for k, v in r.items()}
+                   for r, s in zip(results, scales)]
+        done = time.perf_counter()
+        self.times = {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
+                      'postprocess': (done - forwarded) * 1000}
+        return results
+
+
+def decoder_for(arch: dict):
+    """`decode(outputs, input_hw) -> boxes (B,K,4), scores (B,K), landmarks (B,K,5,2)` for the network `arch` names."""
+    if arch['name'] == 'retinaface':
+        from .anchors import retinaface_priors
+        from .postprocess import decode_retinaface
+        cache = {}
+
+        def decode(outputs, input_hw):
+            key = (tuple(input_hw), outputs[0].device)
+            if key not in cache:
+                cache[key] = retinaface_priors(*input_hw, device=outputs[0].device)
+            return decode_retinaface(*outputs, cache[key], input_hw)
+        return decode
+    if arch['name'] == 'centerface':
+        from .heatmaps import decode_centerface
+        return lambda outputs, input_hw: decode_centerface(outputs, input_hw)
+    raise CheckpointError(f'no decoder for network {arch["name"]!r}')
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff'}

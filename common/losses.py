@@ -1,0 +1,131 @@
+"""Detection and recognition losses.
+
+MultiBoxLoss (RetinaFace): smooth L1 on the encoded boxes of face priors, cross-entropy on face priors plus the
+hardest background priors (7 negatives per positive, per image), smooth L1 on the landmarks of faces that have
+them; loss = 2 * loc + cls + landm, each part divided by its number of positives (at least 1).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .anchors import VARIANCES, MatchResult, match
+
+
+def hard_negative_mask(background_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float) -> torch.Tensor:
+    """(B,P) bool: per image, the `neg_pos_ratio * positives` background priors with the highest loss (at most
+    P - 1). One sort over the whole batch; positives never count as negatives."""
+    loss = background_loss.detach().masked_fill(positive, float('-inf'))
+    order = loss.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
+                                            .expand_as(order))
+    num_neg = (neg_pos_ratio * positive.sum(1, keepdim=True)).clamp(max=positive.shape[1] - 1)
+    return (rank < num_neg) & ~positive
+
+
+class MultiBoxLoss(nn.Module):
+    """`criterion(predictions, matched)` with `matched` from common.anchors.match, or
+    `criterion(predictions, priors, targets, image_size=(h, w))` to match here. predictions = the raw network
+    outputs (loc (B,P,4), class logits (B,P,2), landmarks (B,P,10)). Returns (loss, {'loc', 'cls', 'landm'})."""
+
+    def __init__(self, num_classes: int = 2, overlap: float = 0.35, neg_pos_ratio: float = 7, loc_weight: float = 2.0,
+                 drop_below: float = 0.2, variances=VARIANCES):
+        super().__init__()
+        self.num_classes, self.overlap, self.neg_pos_ratio = num_classes, overlap, neg_pos_ratio
+        self.loc_weight, self.drop_below, self.variances = loc_weight, drop_below, variances
+
+    def forward(self, predictions, matched_or_priors, targets=None, image_size=None):
+        if isinstance(matched_or_priors, MatchResult):
+            matched = matched_or_priors
+        else:
+            if targets is None:
+                raise ValueError('MultiBoxLoss: pass a MatchResult, or priors and targets')
+            matched = match(matched_or_priors, targets, threshold=self.overlap, image_size=image_size,
+                            drop_below=self.drop_below, variances=self.variances)
+        loc_pred, conf_pred, landm_pred = predictions
+        positive = matched.labels > 0
+        num_pos = positive.sum().clamp(min=1).to(loc_pred.dtype)
+        num_landm = matched.landmark_mask.sum().clamp(min=1).to(landm_pred.dtype)
+
+        # boxes and landmarks: summed smooth L1 over the selected priors (indexing, so unselected rows cost nothing)
+        loss_loc = F.smooth_l1_loss(loc_pred[positive], matched.loc[positive], reduction='sum') / num_pos
+        landm_mask = matched.landmark_mask
+        loss_landm = F.smooth_l1_loss(landm_pred[landm_mask], matched.landmarks[landm_mask],
+                                      reduction='sum') / num_landm
+
+        # classification: all positives plus the hardest negatives
+        per_prior = F.cross_entropy(conf_pred.reshape(-1, self.num_classes), matched.labels.reshape(-1),
+                                    reduction='none').view_as(matched.labels)
+        selected = positive | hard_negative_mask(per_prior, positive, self.neg_pos_ratio)
+        loss_cls = per_prior[selected].sum() / num_pos
+
+        loss = self.loc_weight * loss_loc + loss_cls + loss_landm
+        return loss, {'loc': loss_loc.detach(), 'cls': loss_cls.detach(), 'landm': loss_landm.detach()}
+
+
+# ---------------------------------------------------------------------------------------------------- CenterNet
+# CenterFace: penalty-reduced focal loss (or MSE) on the heatmap, masked smooth L1 on offset, size and landmarks
+# gathered at each face's centre cell; loss = hm + off + 0.1 wh + 0.1 lm by default (the tutorial's weights).
+
+from .heatmaps import CenterTargets, gather_at  # noqa: E402  (used by the CenterNet losses only)
+
+
+def centernet_focal_loss(logits: torch.Tensor, heatmap: torch.Tensor, alpha: float = 2.0, beta: float = 4.0):
+    """CenterNet's penalty-reduced focal loss: cells where the target is exactly 1 are positives,
+    -(1-p)^alpha log p; every other cell is a negative down-weighted near a face, -(1-y)^beta p^alpha log(1-p).
+    Summed and divided by the number of positives (at least 1). Computed from logits (logsigmoid) in float32, so
+    it stays finite under mixed precision."""
+    logits, heatmap = logits.float(), heatmap.float()
+    p = logits.sigmoid()
+    positive = heatmap.eq(1)
+    pos_loss = (1 - p).pow(alpha) * F.logsigmoid(logits)
+    neg_loss = (1 - heatmap).pow(beta) * p.pow(alpha) * F.logsigmoid(-logits)
+    loss = -torch.where(positive, pos_loss, neg_loss).sum()
+    return loss / positive.sum().clamp(min=1)
+
+
+def heatmap_mse_loss(logits: torch.Tensor, heatmap: torch.Tensor):
+    """The tutorial's MSE between sigmoid(logits) and the Gaussian heatmap, summed over cells and divided by the
+    number of faces (at least 1): a plain mean over all cells would let the background drown the few face cells."""
+    heatmap = heatmap.float()
+    squared = (logits.float().sigmoid() - heatmap).pow(2).sum()
+    return squared / heatmap.eq(1).sum().clamp(min=1)
+
+
+def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, beta: float = 0.1):
+    """Smooth L1 averaged over EVERY element selected by `mask` (rows (N,) or elements, broadcast to pred's shape),
+    whatever the target's value: zeros and negatives count like any other target. 0 when nothing is selected."""
+    if mask is None:
+        mask = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
+    if mask.dim() < pred.dim():
+        mask = mask.reshape(mask.shape + (1,) * (pred.dim() - mask.dim())).expand_as(pred)
+    loss = F.smooth_l1_loss(pred.float()[mask], target.float()[mask], reduction='sum', beta=beta)
+    return loss / mask.sum().clamp(min=1)
+
+
+class CenterNetLoss(nn.Module):
+    """`criterion(outputs, targets) -> (loss, {'hm', 'off', 'wh', 'lm'})` with outputs the CenterFace maps
+    {'hm' logits, 'wh', 'off', 'lm'} and targets a common.heatmaps.CenterTargets. hm_loss: 'focal' (CenterNet)
+    or 'mse' (the tutorial). Regression parts are masked smooth L1 at each face's centre cell (landmarks only for
+    faces that have them); beta 0.1 because offsets and normalised landmarks live within about +-1, where beta 1
+    would make the loss purely quadratic."""
+
+    def __init__(self, hm_loss: str = 'focal', hm_weight: float = 1.0, off_weight: float = 1.0,
+                 wh_weight: float = 0.1, lm_weight: float = 0.1, beta: float = 0.1):
+        super().__init__()
+        if hm_loss not in ('focal', 'mse'):
+            raise ValueError(f'hm_loss must be "focal" or "mse", got {hm_loss!r}')
+        self.hm_loss = centernet_focal_loss if hm_loss == 'focal' else heatmap_mse_loss
+        self.weights = {'hm': hm_weight, 'off': off_weight, 'wh': wh_weight, 'lm': lm_weight}
+        self.beta = beta
+
+    def forward(self, outputs: dict, targets: CenterTargets):
+        t = targets
+        parts = {
+            'hm': self.hm_loss(outputs['hm'], t.heatmap),
+            'off': masked_smooth_l1(gather_at(outputs['off'], t.image, t.cell), t.offset, beta=self.beta),
+            'wh': masked_smooth_l1(gather_at(outputs['wh'], t.image, t.cell), t.size, beta=self.beta),
+            'lm': masked_smooth_l1(gather_at(outputs['lm'], t.image, t.cell), t.landmarks, t.landmark_mask,
+                                   beta=self.beta),
+        }
+        loss = sum(self.weights[k] * v for k, v in parts.items())
+        return loss, {k: v.detach() for k, v in parts.items()}

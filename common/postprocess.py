@@ -1,0 +1,75 @@
+"""Detector outputs -> detections: batched decode, score filter, top-k and NMS for the whole batch at once.
+
+`decode_retinaface` turns RetinaFace's raw outputs into boxes (B,P,4) x1y1x2y2 and landmarks (B,P,5,2) in pixels of
+the network input plus face scores (B,P); `postprocess` is shared by every face detector and returns one dict of
+tensors per image; `scale_detections` maps them back to the original image when it was resized.
+Test-time defaults (the reference): score > 0.02, 5000 best before NMS, NMS IoU 0.4, keep 750.
+"""
+import torch
+from torchvision.ops import batched_nms
+
+from .anchors import decode_boxes, decode_landmarks
+
+
+def decode_retinaface(loc, conf_logits, landm, priors, input_hw):
+    """Raw (B,P,4), (B,P,2), (B,P,10) outputs + (P,4) priors of an input of size (H, W) -> boxes (B,P,4) x1y1x2y2
+    pixels, scores (B,P) (softmax, class 1 = face), landmarks (B,P,5,2) pixels."""
+    height, width = int(input_hw[0]), int(input_hw[1])
+    loc, landm, priors = loc.float(), landm.float(), priors.float()
+    scale = torch.tensor([width, height], dtype=torch.float32, device=loc.device)
+    boxes = decode_boxes(loc, priors) * scale.repeat(2)
+    landmarks = decode_landmarks(landm, priors) * scale
+    scores = conf_logits.float().softmax(dim=-1)[..., 1]
+    return boxes, scores, landmarks
+
+
+def postprocess(boxes, scores, landmarks=None, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000, keep_top_k=750,
+                iou_plus_one=True):
+    """Batched score filter (score > conf_thres), per-image top `pre_nms_top_k`, NMS (torchvision batched_nms with
+    the image index as the category) and per-image top `keep_top_k`, best first.
+
+    boxes (B,K,4) x1y1x2y2 pixels, scores (B,K), landmarks (B,K,5,2) or None. With `iou_plus_one` the NMS IoU uses
+    the +1 pixel widths of the reference implementations (py_cpu_nms, the WIDER FACE kit), so the same boxes
+    survive. Returns a list of B dicts {'boxes' (N,4), 'scores' (N,), 'landmarks' (N,5,2) if given} on the input's
+    device."""
+    batch, num = scores.shape
+    k = min(pre_nms_top_k, num)
+    candidate = torch.where(scores > conf_thres, scores, torch.full_like(scores, -1.0))
+    top_scores, top_index = candidate.topk(k, dim=1)                          # (B,k), best first
+    image, rank = (top_scores >= 0).nonzero(as_tuple=True)                    # the ones above the threshold
+    index = top_index[image, rank]
+    sel_boxes, sel_scores = boxes[image, index].float(), scores[image, index]
+
+    nms_boxes = sel_boxes
+    if iou_plus_one:  # (x2 + 1, y2 + 1) gives plain IoU the +1 convention's widths and heights
+        nms_boxes = sel_boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=sel_boxes.device)
+    keep = batched_nms(nms_boxes, sel_scores, image, nms_thres)              # sorted by score, all images mixed
+    keep = keep[torch.argsort(image[keep], stable=True)]                    # grouped by image, still best first
+    kept_image = image[keep]
+    counts = torch.bincount(kept_image, minlength=batch)
+    starts = counts.cumsum(0) - counts
+    rank_in_image = torch.arange(len(keep), device=keep.device) - starts[kept_image]
+    keep = keep[rank_in_image < keep_top_k]
+    counts = counts.clamp(max=keep_top_k).tolist()
+
+    out_boxes = sel_boxes[keep].split(counts)
+    out_scores = sel_scores[keep].split(counts)
+    if landmarks is None:
+        return [{'boxes': b, 'scores': s} for b, s in zip(out_boxes, out_scores)]
+    out_landmarks = landmarks[image[keep], index[keep]].float().split(counts)
+    return [{'boxes': b, 'scores': s, 'landmarks': lm} for b, s, lm in zip(out_boxes, out_scores, out_landmarks)]
+
+
+def scale_detections(results, scales):
+    """Map per-image detections from network-input pixels back to original-image pixels: `scales` holds one factor
+    per image (input = original * scale), a number or an (sx, sy) pair. Returns new dicts."""
+    scaled = []
+    for result, scale in zip(results, scales):
+        sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
+        out = dict(result)
+        factor = torch.tensor([sx, sy], dtype=torch.float32, device=result['boxes'].device)
+        out['boxes'] = result['boxes'] / factor.repeat(2)
+        if 'landmarks' in result:
+            out['landmarks'] = result['landmarks'] / factor
+        scaled.append(out)
+    return scaled

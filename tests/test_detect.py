@@ -1,0 +1,108 @@
+"""detect.py as a user runs it: the shared Pytorch_Retinaface checkpoint on a real photo among files that are not
+images, txt results in the WIDER layout with landmarks, our checkpoint format, batches, a video, bad paths."""
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+MNET = {'name': 'retinaface', 'network': 'mobile0.25'}
+
+
+def run_detect(repo_root, *args):
+    return subprocess.run([sys.executable, str(repo_root / 'detect.py'), '--device', 'cpu', *map(str, args)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+
+
+def read_txt(path):
+    lines = path.read_text().splitlines()
+    rows = np.array([[float(v) for v in line.split()] for line in lines[2:]]).reshape(-1, 15)
+    return lines, rows
+
+
+@pytest.fixture
+def weights(shared_data):
+    return shared_data / 'weights' / 'retinaface_mobilenet0.25_Final.pth'
+
+
+def test_folder_with_non_images_and_txt_format(repo_root, shared_data, weights, tmp_path):
+    source = tmp_path / 'photos'
+    source.mkdir()
+    shutil.copy(shared_data / 'photos' / 'group_6_faces.jpg', source)
+    (source / 'notes.txt').write_text('not a picture')
+    (source / 'broken.jpg').write_bytes(b'\xff\xd8 this is not a jpeg')
+    out = tmp_path / 'out'
+    proc = run_detect(repo_root, '--weights', weights, '--network', 'mobile0.25', '--source', source, '--out', out,
+                      '--save-txt')
+    assert proc.returncode == 0, proc.stderr
+    assert 'notes.txt' in proc.stdout and 'broken.jpg' in proc.stdout and '2 skipped' in proc.stdout
+    for stage in ('read', 'preprocess', 'forward', 'postprocess'):
+        assert stage in proc.stdout
+
+    lines, rows = read_txt(out / 'group_6_faces.txt')
+    assert lines[0] == 'group_6_faces.jpg' and lines[1] == '6' and len(rows) == 6
+    assert all('.' in value for line in lines[2:] for value in line.split())  # at least one decimal everywhere
+    x, y, w, h, score = rows[:, :5].T
+    assert (w > 60).all() and (h > 60).all() and (score > 0.9).all()
+    assert (np.diff(score) <= 0).all()  # best first
+    points = rows[:, 5:].reshape(-1, 5, 2)
+    assert ((points[..., 0] >= x[:, None]) & (points[..., 0] <= (x + w)[:, None])).all()
+    assert ((points[..., 1] >= y[:, None]) & (points[..., 1] <= (y + h)[:, None])).all()
+
+    annotated = cv2.imread(str(out / 'group_6_faces.jpg'))
+    original = cv2.imread(str(source / 'group_6_faces.jpg'))
+    assert annotated.shape == original.shape and np.abs(annotated.astype(int) - original).sum() > 0
+    assert not (out / 'notes.txt').exists() and not (out / 'broken.txt').exists()
+
+
+def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_path):
+    state = torch.load(weights, map_location='cpu', weights_only=True)
+    checkpoint = tmp_path / 'best.pt'
+    torch.save({'model': state, 'arch': MNET, 'epoch': 1}, checkpoint)
+    photo = cv2.imread(str(shared_data / 'photos' / 'group_6_faces.jpg'))
+    source = tmp_path / 'photos'
+    source.mkdir()
+    cv2.imwrite(str(source / 'a_big.png'), photo)
+    cv2.imwrite(str(source / 'b_small.png'), cv2.resize(photo, (640, 443)))
+
+    single = run_detect(repo_root, '--weights', checkpoint, '--source', source / 'a_big.png', '--out',
+                        tmp_path / 'single', '--save-txt', '--no-save')
+    batched = run_detect(repo_root, '--weights', checkpoint, '--source', source, '--out', tmp_path / 'batched',
+                         '--save-txt', '--batch-size', '2')
+    assert single.returncode == 0 and batched.returncode == 0, single.stderr + batched.stderr
+    _, alone = read_txt(tmp_path / 'single' / 'a_big.txt')
+    _, together = read_txt(tmp_path / 'batched' / 'a_big.txt')
+    assert len(alone) == len(together) == 6  # the larger image needs no padding: same detections in a batch
+    assert np.abs(alone - together).max() < 0.2
+    _, small = read_txt(tmp_path / 'batched' / 'b_small.txt')
+    by_x = lambda rows: rows[np.argsort(rows[:, 0])]  # noqa: E731  (close scores may swap the order)
+    assert len(small) == 6 and np.abs(by_x(small)[:, :4] * 2 - by_x(alone)[:, :4]).max() < 12  # its own pixels
+    assert not (tmp_path / 'single' / 'a_big.png').exists()  # --no-save
+
+    video = tmp_path / 'clip.mp4'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'mp4v'), 5, (640, 443))
+    if not writer.isOpened():
+        pytest.skip('this OpenCV build cannot write mp4 files')
+    small_frame = cv2.resize(photo, (640, 443))
+    for _ in range(3):
+        writer.write(small_frame)
+    writer.release()
+    proc = run_detect(repo_root, '--weights', checkpoint, '--source', video, '--out', tmp_path / 'video',
+                      '--max-frames', '2')
+    assert proc.returncode == 0, proc.stderr
+    assert '2 images' in proc.stdout and (tmp_path / 'video' / 'clip.mp4').stat().st_size > 0
+
+
+def test_missing_paths_exit_2_with_one_line(weights, tmp_path, capsys):
+    import detect  # in-process: the same main() the command line runs, without another interpreter start
+    missing = tmp_path / 'nope.pth'
+    for argv, flag, path in ((['--weights', missing, '--source', tmp_path], '--weights', missing),
+                             (['--weights', weights, '--source', tmp_path / 'nothing'], '--source', 'nothing')):
+        with pytest.raises(SystemExit) as exit_info:
+            detect.main(detect.parse_args([str(a) for a in argv] + ['--device', 'cpu', '--out', str(tmp_path)]))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.strip().count('\n') == 0 and flag in err and str(path) in err
