@@ -10,8 +10,7 @@ the official download with `python -m common.datasets prepare-widerface`, or mak
 Single device:
     python finetune_retinaface.py --data-root data/widerface --pretrained weights/mobilenetV1X0.25_pretrain.tar
 Finetune a trained Pytorch_Retinaface model for 10 epochs:
-    python finetune_retinaface.py --data-root data/widerface --pretrained weights/mobilenet0.25_Final.pth \
-        --epochs 10 --lr 0.01 --warmup-epochs 1
+    python finetune_retinaface.py --data-root data/widerface --pretrained mobilenet0.25_Final.pth --epochs 10 --warmup-epochs 1
 Several GPUs (batch size is per GPU):
     torchrun --nproc_per_node=4 finetune_retinaface.py --data-root data/widerface --batch-size 8
 Resume a killed run (same flags plus --resume):
@@ -20,18 +19,12 @@ Evaluation only (original size, or --test-size 1600 --max-size 2150):
     python finetune_retinaface.py --data-root data/widerface --evaluate --weights runs/retinaface/best.pt
 """
 import argparse
-from pathlib import Path
 
-
-from common import engine, runtime
+from common import engine, face_training, runtime
 from common.anchors import match, retinaface_priors
 from common.checkpoint import CheckpointError
-from common.datasets import LabelFormatError, WiderFaceDataset, detection_collate
-from common.detector import FaceDetector, load_detector_model
-from common.evaluation.widerface import evaluate_on_split
 from common.losses import MultiBoxLoss
 from common.models import build_model, load_pretrained
-from common.transforms import TrainTransform
 
 
 def parse_args(argv=None):
@@ -49,52 +42,18 @@ def parse_args(argv=None):
     g.add_argument('--lr-steps', type=float, nargs='*', default=None,
                    help='epochs where the LR drops x0.1 (default: 76%% and 88%% of --epochs, i.e. 190 and 220 of 250)')
     g.add_argument('--schedule', default='step', choices=['step', 'cosine'])
-    g = groups['run']
-    g.add_argument('--evaluate', action='store_true', help='only evaluate --weights on val and exit')
-    g.add_argument('--weights', default=None, help='model to evaluate with --evaluate')
-    g.add_argument('--test-size', type=int, default=None, help='evaluate with the short side resized to this')
-    g.add_argument('--max-size', type=int, default=None, help='evaluate with the long side capped at this')
-    g.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
+    face_training.add_evaluation_flags(groups['run'])
     return parser.parse_args(argv)
 
 
 def main(args):
     rt = runtime.setup(args)
-    data_root = runtime.require_path(args.data_root, '--data-root', 'dataset folder')
-    val_dir, gt_dir = data_root / 'val', data_root / 'ground_truth'
-
-    def evaluate(model, epoch=None):
-        """Detect on every val image at original size, write PRED/<event>/<name>.txt, compute the official AP."""
-        if not (val_dir / 'label.txt').is_file() or not gt_dir.is_dir():
-            rt.print(f'no evaluation: {val_dir}/label.txt or {gt_dir} missing')
-            return {}
-        detector = FaceDetector(model.eval(), arch, rt.device, max_size=args.max_size, test_size=args.test_size)
-        return evaluate_on_split(detector, val_dir, gt_dir, Path(args.out) / 'predictions',
-                                 batch_size=args.eval_batch_size, workers=min(args.workers, 2),
-                                 plot=Path(args.out) / 'pr_curves.png', log=rt.print)
-
-    # ------------------------------------------------------------ evaluation only
-    if args.evaluate:
-        weights = runtime.require_path(args.weights or '', '--weights', 'model file')
-        try:
-            model, arch = load_detector_model(weights, args.network, rt.device)
-        except CheckpointError as e:
-            runtime.fail(f'--weights: {e}')
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        results = evaluate(model)
-        engine.write_json(Path(args.out) / 'results.json', results)
-        return results
+    runtime.require_path(args.data_root, '--data-root', 'dataset folder')
+    if args.evaluate:  # evaluation only: --weights is ours, or a Pytorch_Retinaface state dict of --network
+        return face_training.evaluate_weights(args, rt, network=args.network)
 
     # ------------------------------------------------------------ data
-    try:
-        train_set = WiderFaceDataset(data_root / 'train', transform=TrainTransform(args.image_size))
-    except (FileNotFoundError, LabelFormatError) as e:
-        runtime.fail(str(e))
-    rt.print(f'{len(train_set)} training images')
-    train_loader = engine.make_loader(train_set, batch_size=args.batch_size, rt=rt, train=True, workers=args.workers,
-                                      collate_fn=detection_collate, seed=args.seed)
-    if len(train_loader) == 0:
-        runtime.fail(f'--batch-size {args.batch_size}: larger than the {len(train_set)} training images per process')
+    train_loader = face_training.train_loader(args, rt)
 
     # ------------------------------------------------------------ network
     arch = {'name': 'retinaface', 'network': args.network}
@@ -113,8 +72,7 @@ def main(args):
     def loss_fn(model, images, targets):
         loc, conf, landm = model(images)
         matched = match(priors, targets, image_size=(args.image_size, args.image_size))
-        loss, parts = criterion((loc.float(), conf.float(), landm.float()), matched)
-        return loss, parts
+        return criterion((loc.float(), conf.float(), landm.float()), matched)
 
     optimizer = engine.build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     lr_steps = args.lr_steps if args.lr_steps is not None else [round(args.epochs * 0.76), round(args.epochs * 0.88)]
@@ -124,15 +82,10 @@ def main(args):
 
     # ------------------------------------------------------------ train loop, checkpoints, evaluation
     final = engine.fit(rt=rt, model=model, train_loader=train_loader, loss_fn=loss_fn, optimizer=optimizer,
-                       scheduler=scheduler, scaler=rt.grad_scaler(), arch=arch, args=args, evaluate=evaluate,
-                       best_key='easy', loss_keys=['loss', 'loc', 'cls', 'landm'],
-                       metric_keys=['easy', 'medium', 'hard'])
-    results = {k: final[k] for k in ('easy', 'medium', 'hard') if k in final}
-    if rt.is_main:
-        engine.write_json(Path(args.out) / 'results.json', results)
-        rt.print(f'results: {results} -> {Path(args.out) / "results.json"}')
-    rt.close()
-    return results
+                       scheduler=scheduler, scaler=rt.grad_scaler(), arch=arch, args=args,
+                       evaluate=face_training.val_evaluator(args, rt, arch), best_key='easy',
+                       loss_keys=['loss', 'loc', 'cls', 'landm'], metric_keys=['easy', 'medium', 'hard'])
+    return face_training.finish(args, rt, final)
 
 
 if __name__ == '__main__':
