@@ -20,7 +20,7 @@ Evaluation only (original size, or --test-size 1600 --max-size 2150):
 """
 import argparse
 
-from common import engine, face_training, runtime
+from common import face_training, runtime
 from common.anchors import match, retinaface_priors
 from common.checkpoint import CheckpointError
 from common.losses import MultiBoxLoss
@@ -34,14 +34,9 @@ def parse_args(argv=None):
                                       batch_size=32, lr=1e-2, workers=4, eval_every=10, save_every=10)
     groups['data'].add_argument('--image-size', type=int, default=640, help='square training crop size')
     groups['model'].add_argument('--network', default='mobile0.25', choices=['mobile0.25', 'resnet50'])
-    g = groups['optimisation']
-    g.add_argument('--optimizer', default='sgd', choices=['sgd', 'adam', 'adamw'])
-    g.add_argument('--momentum', type=float, default=0.9)
-    g.add_argument('--weight-decay', type=float, default=5e-4)
-    g.add_argument('--warmup-epochs', type=float, default=5, help='linear LR warm-up (MindFace: 5)')
-    g.add_argument('--lr-steps', type=float, nargs='*', default=None,
-                   help='epochs where the LR drops x0.1 (default: 76%% and 88%% of --epochs, i.e. 190 and 220 of 250)')
-    g.add_argument('--schedule', default='step', choices=['step', 'cosine'])
+    # SGD with weight decay 5e-4 (Pytorch_Retinaface), 5 warm-up epochs (MindFace), x0.1 at 190 and 220 of 250 epochs
+    face_training.add_optimisation_flags(groups['optimisation'], optimizer='sgd', weight_decay=5e-4, warmup_epochs=5,
+                                         default_steps=(0.76, 0.88))
     face_training.add_evaluation_flags(groups['run'])
     return parser.parse_args(argv)
 
@@ -74,18 +69,11 @@ def main(args):
         matched = match(priors, targets, image_size=(args.image_size, args.image_size))
         return criterion((loc.float(), conf.float(), landm.float()), matched)
 
-    optimizer = engine.build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
-    lr_steps = args.lr_steps if args.lr_steps is not None else [round(args.epochs * 0.76), round(args.epochs * 0.88)]
-    scheduler = engine.build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
-                                       warmup_epochs=args.warmup_epochs, schedule=args.schedule,
-                                       milestones=lr_steps, gamma=0.1, per='epoch')
+    optimizer, scheduler = face_training.optimizer_and_scheduler(model, args, len(train_loader))
 
     # ------------------------------------------------------------ train loop, checkpoints, evaluation
-    final = engine.fit(rt=rt, model=model, train_loader=train_loader, loss_fn=loss_fn, optimizer=optimizer,
-                       scheduler=scheduler, scaler=rt.grad_scaler(), arch=arch, args=args,
-                       evaluate=face_training.val_evaluator(args, rt, arch), best_key='easy',
-                       loss_keys=['loss', 'loc', 'cls', 'landm'], metric_keys=['easy', 'medium', 'hard'])
-    return face_training.finish(args, rt, final)
+    return face_training.fit(args, rt, model=model, arch=arch, train_loader=train_loader, loss_fn=loss_fn,
+                             optimizer=optimizer, scheduler=scheduler, loss_keys=['loss', 'loc', 'cls', 'landm'])
 
 
 if __name__ == '__main__':

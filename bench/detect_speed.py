@@ -1,19 +1,27 @@
-"""Speed of the whole detect.py pipeline per image against a reference-style pipeline, measured in the same run.
+"""Speed of the whole detect.py pipeline per image against baselines measured in the same run.
 
     python bench/detect_speed.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth \
         --network mobile0.25 --source ../shared/data/photos --device cpu [--max-size S] [--repeats R] [--threads T]
+    python bench/detect_speed.py --weights runs/centernet/best.pt --compare \
+        ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --compare-network mobile0.25 \
+        --source ../shared/data/photos --device cpu --max-size 640
 
-Per image, both pipelines read the file, prepare the input, run the network, decode and apply NMS, one image at a
-time, after a warm-up pass over the folder; the median over images x repeats is reported.
+Per image, every pipeline reads the file, prepares the input, runs the network, decodes and applies NMS, one image
+at a time, after a warm-up pass over the folder; the pipelines take turns image by image and the median over
+images x repeats is reported.
 
-- ours: detect.py's pipeline (BatchNorm folded, channels_last on the CPU, batched torch decode + torchvision NMS).
-- baseline: the reference implementation's steps, written here: the plain (unfused) network on a float32 image,
-  priors rebuilt per image by a Python loop over the cells, decode in NumPy, score filter, argsort, top-k, a
-  greedy NMS loop in Python/NumPy (+1 pixel areas), keep top-k.
+- ours: detect.py's pipeline for --weights (BatchNorm folded, channels_last on the CPU, batched torch decode +
+  torchvision NMS).
+- reference-style baseline, for RetinaFace weights: the reference implementation's steps, written here: the plain
+  (unfused) network on a float32 image, priors rebuilt per image by a Python loop over the cells, decode in NumPy,
+  score filter, argsort, top-k, a greedy NMS loop in Python/NumPy (+1 pixel areas), keep top-k. The run also
+  checks that the two agree (matched boxes and landmarks in pixels, scores).
+- compare: detect.py's pipeline for a second detector (--compare), at the same input size: e.g. CenterFace
+  against RetinaFace MobileNet0.25.
 
-Both use the same thresholds (default: the reference's test settings, score > 0.02, NMS 0.4, top 5000 / 750).
-The run also checks that the two agree (matched boxes and landmarks in pixels, scores). On CUDA it adds the batch
-throughput of detect.py's batched path. Last lines: `speedup: X.Xx` then `median_ms_per_image: X`.
+All use the same thresholds (default: the reference's test settings, score > 0.02, NMS 0.4, top 5000 / 750). On
+CUDA it adds the batch throughput of detect.py's batched path. It prints `speedup: X.Xx` (baseline / ours) and
+`ratio_compare_over_ours: X.Xx` where those pipelines ran, and last `median_ms_per_image: X` (ours).
 """
 import argparse
 import itertools
@@ -132,11 +140,17 @@ def compare(ours: dict, reference: np.ndarray):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--weights', required=True)
+    parser.add_argument('--weights', required=True, help='detector to time (any of our checkpoints, or a '
+                        'Pytorch_Retinaface state dict with --network)')
     parser.add_argument('--network', default=None, choices=['mobile0.25', 'resnet50'])
+    parser.add_argument('--compare', default=None, help='a second detector timed through the same pipeline, e.g. '
+                        'RetinaFace beside a CenterFace checkpoint')
+    parser.add_argument('--compare-network', default=None, choices=['mobile0.25', 'resnet50'],
+                        help='backbone of --compare when it is a Pytorch_Retinaface state dict')
     parser.add_argument('--source', required=True, help='folder of images')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--max-size', type=int, default=None, help='cap the long side (default: original size)')
+    parser.add_argument('--max-size', type=int, default=None,
+                        help='cap the long side, the same for every pipeline (default: original size)')
     parser.add_argument('--repeats', type=int, default=3, help='timed passes over the folder')
     parser.add_argument('--conf-thres', type=float, default=0.02)
     parser.add_argument('--nms-thres', type=float, default=0.4)
@@ -150,6 +164,39 @@ def median_ms(values):
     return statistics.median(values) if values else float('nan')
 
 
+def detector_pipeline(detector):
+    """detect.py's per-image steps: read the file, then the FaceDetector (prepare, forward, decode, NMS)."""
+    def run(path):
+        start = time.perf_counter()
+        image = read_image(path)
+        read = (time.perf_counter() - start) * 1000
+        result = detector([image])[0]
+        return result, (time.perf_counter() - start) * 1000, {'read': read, **detector.times}
+    return run
+
+
+def reference_pipeline(model, device, args):
+    def run(path):
+        start = time.perf_counter()
+        dets, times = baseline_detect(model, path, device, args.conf_thres, args.nms_thres, 5000, 750, args.max_size)
+        return dets, (time.perf_counter() - start) * 1000, times
+    return run
+
+
+def cuda_throughput(detector, paths, batch_size, device):
+    """Images per second of the batched path on CUDA (files read beforehand)."""
+    images = [read_image(p) for p in paths]
+    batch = images * max(1, batch_size // len(images) + 1)
+    detector(batch[:batch_size])
+    torch.cuda.synchronize(device)
+    start, count = time.perf_counter(), 0
+    for i in range(0, len(batch) * 4, batch_size):
+        detector([batch[(i + k) % len(batch)] for k in range(batch_size)])
+        count += batch_size
+    torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
 def main(args):
     weights = runtime.require_path(args.weights, '--weights', 'weights file')
     source = runtime.require_path(args.source, '--source', 'image folder')
@@ -159,76 +206,68 @@ def main(args):
     device = runtime.select_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = dict(conf_thres=args.conf_thres, nms_thres=args.nms_thres, pre_nms_top_k=5000, keep_top_k=750)
+    settings = dict(conf_thres=args.conf_thres, nms_thres=args.nms_thres, pre_nms_top_k=5000, keep_top_k=750,
+                    max_size=args.max_size)
     try:
-        detector = build_detector(weights, args.network, device, max_size=args.max_size, **settings)
-        plain_model, _ = load_detector_model(weights, args.network, 'cpu')
+        detector = build_detector(weights, args.network, device, **settings)
+        pipelines = {f'ours ({arch_name(detector.arch)})': detector_pipeline(detector)}
+        if detector.arch['name'] == 'retinaface':  # the reference implementation's steps exist for RetinaFace
+            plain_model, _ = load_detector_model(weights, args.network, device)
+            pipelines['reference-style baseline'] = reference_pipeline(plain_model, device, args)
+        if args.compare:
+            compared = build_detector(runtime.require_path(args.compare, '--compare', 'weights file'),
+                                      args.compare_network, device, **settings)
+            pipelines[f'compare ({arch_name(compared.arch)})'] = detector_pipeline(compared)
     except CheckpointError as e:
-        runtime.fail(f'--weights: {e}')
-    plain_model = plain_model.to(device).eval()
+        runtime.fail(f'--weights/--compare: {e}')
     print(f'{len(paths)} images from {source}, {device}, {torch.get_num_threads()} CPU threads, '
-          f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}, {settings}')
-
-    def ours(path):
-        start = time.perf_counter()
-        image = read_image(path)
-        read = (time.perf_counter() - start) * 1000
-        results = detector([image])
-        times = {**detector.times, 'read': read}
-        return results[0], (time.perf_counter() - start) * 1000, times
-
-    def baseline(path):
-        start = time.perf_counter()
-        dets, times = baseline_detect(plain_model, path, device, args.conf_thres, args.nms_thres, 5000, 750,
-                                      args.max_size)
-        return dets, (time.perf_counter() - start) * 1000, times
+          f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}, '
+          f'score > {args.conf_thres}, NMS {args.nms_thres}, top 5000 / 750')
 
     for path in paths:  # warm-up: allocator, oneDNN / cuDNN kernels for every size
-        ours(path)
-        baseline(path)
-
-    ours_ms, base_ms, stages, base_stages = [], [], {}, {}
+        for run in pipelines.values():
+            run(path)
+    totals = {name: [] for name in pipelines}
+    stages = {name: {} for name in pipelines}
     last = {}
     for _ in range(args.repeats):
-        for path in paths:  # interleaved, so load from other processes hits both alike
-            result, ms, times = ours(path)
-            ours_ms.append(ms)
-            for k, v in times.items():
-                stages.setdefault(k, []).append(v)
-            dets, ms, times = baseline(path)
-            base_ms.append(ms)
-            for k, v in times.items():
-                base_stages.setdefault(k, []).append(v)
-            last[path.name] = (result, dets)
+        for path in paths:  # interleaved, so load from other processes hits every pipeline alike
+            for name, run in pipelines.items():
+                result, ms, times = run(path)
+                totals[name].append(ms)
+                for k, v in times.items():
+                    stages[name].setdefault(k, []).append(v)
+                last.setdefault(path.name, {})[name] = result
 
-    worst = [0, 0, 0.0, 0.0, 0.0]
-    for name, (result, dets) in last.items():
-        count_diff, unmatched, box, landmarks, score = compare(result, dets)
-        print(f'{name}: ours {len(result["boxes"])} faces, baseline {len(dets)}; unmatched {unmatched}, '
-              f'max diff box {box:.3f} px, landmarks {landmarks:.3f} px, score {score:.5f}')
-        worst = [max(abs(count_diff), worst[0]), max(unmatched, worst[1]), max(box, worst[2]),
-                 max(landmarks, worst[3]), max(score, worst[4])]
-    print(f'agreement: max count difference {worst[0]}, unmatched {worst[1]}, box {worst[2]:.3f} px, '
-          f'landmarks {worst[3]:.3f} px, score {worst[4]:.5f}')
+    ours_name, *others = pipelines
+    if 'reference-style baseline' in pipelines:
+        worst = [0, 0, 0.0, 0.0, 0.0]
+        for name, results in last.items():
+            result, dets = results[ours_name], results['reference-style baseline']
+            count_diff, unmatched, box, landmarks, score = compare(result, dets)
+            print(f'{name}: ours {len(result["boxes"])} faces, baseline {len(dets)}; unmatched {unmatched}, '
+                  f'max diff box {box:.3f} px, landmarks {landmarks:.3f} px, score {score:.5f}')
+            worst = [max(abs(count_diff), worst[0]), max(unmatched, worst[1]), max(box, worst[2]),
+                     max(landmarks, worst[3]), max(score, worst[4])]
+        print(f'agreement: max count difference {worst[0]}, unmatched {worst[1]}, box {worst[2]:.3f} px, '
+              f'landmarks {worst[3]:.3f} px, score {worst[4]:.5f}')
 
     if device.type == 'cuda':
-        images = [read_image(p) for p in paths]
-        batch = images * max(1, args.batch_size // len(images) + 1)
-        detector(batch[:args.batch_size])
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for i in range(0, len(batch) * 4, args.batch_size):
-            chunk = [batch[(i + k) % len(batch)] for k in range(args.batch_size)]
-            detector(chunk)
-        torch.cuda.synchronize(device)
-        n = math.ceil(len(batch) * 4 / args.batch_size) * args.batch_size
-        print(f'batch {args.batch_size} throughput (no file reading): {n / (time.perf_counter() - start):.1f} images/s')
+        print(f'batch {args.batch_size} throughput (no file reading): '
+              f'{cuda_throughput(detector, paths, args.batch_size, device):.1f} images/s')
 
-    for label, table in (('ours', stages), ('baseline', base_stages)):
-        print(f'{label} per stage (median ms): {", ".join(f"{k} {median_ms(v):.1f}" for k, v in table.items())}')
-    print(f'baseline_median_ms_per_image: {median_ms(base_ms):.1f}')
-    print(f'speedup: {median_ms(base_ms) / median_ms(ours_ms):.2f}x')
-    print(f'median_ms_per_image: {median_ms(ours_ms):.1f}')
+    for name in pipelines:
+        print(f'{name}: median {median_ms(totals[name]):.1f} ms/image; per stage (median ms): '
+              + ', '.join(f'{k} {median_ms(v):.1f}' for k, v in stages[name].items()))
+    ours_ms = median_ms(totals[ours_name])
+    for name in others:
+        label = 'speedup' if name == 'reference-style baseline' else 'ratio_compare_over_ours'
+        print(f'{label}: {median_ms(totals[name]) / ours_ms:.2f}x  ({name} / {ours_name})')
+    print(f'median_ms_per_image: {ours_ms:.1f}')
+
+
+def arch_name(arch: dict) -> str:
+    return ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'width_mult'))
 
 
 if __name__ == '__main__':

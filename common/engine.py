@@ -72,7 +72,9 @@ def build_scheduler(optimizer, **kwargs) -> torch.optim.lr_scheduler.LambdaLR:
 def make_loader(dataset, *, batch_size: int, rt: Runtime, train: bool, workers: int, collate_fn=None,
                 seed: int = 0) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch): a DistributedSampler shards the data across ranks under
-    torchrun and, with one process, still gives a reproducible shuffle that a resumed run repeats."""
+    torchrun and, with one process, still gives a reproducible shuffle that a resumed run repeats. `workers` is
+    capped at the CPU cores this process may use: more workers than cores only fight the training for them."""
+    workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
     sampler = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=train, seed=seed,
                                  drop_last=train)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
@@ -126,6 +128,8 @@ def train_one_epoch(*, rt: Runtime, model, loader, loss_fn, optimizer, scheduler
                file=sys.stdout, mininterval=0.5 if sys.stdout.isatty() else 30)  # a CI log gets a line per 30 s
     for images, targets in bar:
         images, targets = to_device(images, rt.device), to_device(targets, rt.device)
+        if rt.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         with rt.autocast():
             loss, parts = loss_fn(model, images, targets)
         finite = torch.isfinite(loss.detach())

@@ -24,11 +24,12 @@ def add_evaluation_flags(group):
     group.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
 
 
-def train_loader(args, rt: runtime.Runtime):
-    """The augmented train split of --data-root in a (distributed) loader; bad data stops with one clear line."""
+def train_loader(args, rt: runtime.Runtime, transform=None):
+    """The train split of --data-root in a (distributed) loader, augmented by `transform` (default: the RetinaFace
+    recipe at --image-size); bad data stops with one clear line."""
+    transform = transform or TrainTransform(args.image_size)
     try:
-        train_set = WiderFaceDataset(Path(args.data_root) / 'train', transform=TrainTransform(args.image_size),
-                                     verbose=rt.is_main)
+        train_set = WiderFaceDataset(Path(args.data_root) / 'train', transform=transform, verbose=rt.is_main)
     except (FileNotFoundError, LabelFormatError) as e:
         runtime.fail(str(e))
     loader = engine.make_loader(train_set, batch_size=args.batch_size, rt=rt, train=True, workers=args.workers,
@@ -67,6 +68,42 @@ def evaluate_weights(args, rt: runtime.Runtime, network=None) -> dict:
     results = val_evaluator(args, rt, arch)(model)
     engine.write_json(Path(args.out) / 'results.json', results)
     return results
+
+
+def add_optimisation_flags(group, *, optimizer: str, weight_decay: float, warmup_epochs: float, default_steps):
+    """The optimiser and LR-schedule flags that optimizer_and_scheduler reads, with the script's defaults."""
+    group.add_argument('--optimizer', default=optimizer, choices=['sgd', 'adam', 'adamw'])
+    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    group.add_argument('--weight-decay', type=float, default=weight_decay)
+    group.add_argument('--warmup-epochs', type=float, default=warmup_epochs, help='linear LR warm-up from 0')
+    percent = ' and '.join(f'{round(100 * f)}%%' for f in default_steps)
+    group.add_argument('--lr-steps', type=float, nargs='*', default=None,
+                       help=f'epochs where the LR drops x0.1 (default: {percent} of --epochs; none: no drop)')
+    group.add_argument('--schedule', default='step', choices=['step', 'cosine', 'constant'],
+                       help='after the warm-up: step drops at --lr-steps, cosine to 0, or constant')
+    group.set_defaults(default_lr_steps=list(default_steps))
+
+
+def optimizer_and_scheduler(model, args, iters_per_epoch: int):
+    """--optimizer over the model, and an LR schedule stepped every iteration: --warmup-epochs of linear warm-up, then
+    --schedule: 'step' (x0.1 at each of --lr-steps, by default the script's fractions of --epochs), 'cosine' or
+    'constant'."""
+    optimizer = engine.build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    lr_steps = args.lr_steps if args.lr_steps is not None else [round(args.epochs * f) for f in args.default_lr_steps]
+    scheduler = engine.build_scheduler(optimizer, iters_per_epoch=iters_per_epoch, epochs=args.epochs,
+                                       warmup_epochs=args.warmup_epochs, schedule=args.schedule,
+                                       milestones=lr_steps, gamma=0.1, per='epoch')
+    return optimizer, scheduler
+
+
+def fit(args, rt: runtime.Runtime, *, model, arch: dict, train_loader, loss_fn, optimizer, scheduler, loss_keys,
+        grad_clip: float = 0.0) -> dict:
+    """engine.fit with the WIDER FACE evaluation (best.pt by Easy AP), then results.json; returns Easy/Medium/Hard."""
+    final = engine.fit(rt=rt, model=model, train_loader=train_loader, loss_fn=loss_fn, optimizer=optimizer,
+                       scheduler=scheduler, scaler=rt.grad_scaler(), arch=arch, args=args,
+                       evaluate=val_evaluator(args, rt, arch), best_key='easy', loss_keys=loss_keys,
+                       metric_keys=['easy', 'medium', 'hard'], grad_clip=grad_clip)
+    return finish(args, rt, final)
 
 
 def finish(args, rt: runtime.Runtime, final_row: dict) -> dict:

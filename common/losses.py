@@ -1,14 +1,18 @@
-"""Detection and recognition losses.
+"""Detection losses.
 
 MultiBoxLoss (RetinaFace): smooth L1 on the encoded boxes of face priors, cross-entropy on face priors plus the
 hardest background priors (7 negatives per positive, per image), smooth L1 on the landmarks of faces that have
 them; loss = 2 * loc + cls + landm, each part divided by its number of positives (at least 1).
+
+CenterNetLoss (CenterFace): penalty-reduced focal loss (or the tutorial's MSE) on the heatmap, masked smooth L1 on
+offset, log size and landmarks at each face's regression cells; loss = hm + off + wh + 0.1 lm by default.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .anchors import VARIANCES, MatchResult, match
+from .heatmaps import CenterTargets, gather_at
 
 
 def hard_negative_mask(background_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float) -> torch.Tensor:
@@ -63,10 +67,6 @@ class MultiBoxLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- CenterNet
-# CenterFace: penalty-reduced focal loss (or MSE) on the heatmap, masked smooth L1 on offset, size and landmarks
-# gathered at each face's centre cell; loss = hm + off + 0.1 wh + 0.1 lm by default (the tutorial's weights).
-
-from .heatmaps import CenterTargets, gather_at  # noqa: E402  (used by the CenterNet losses only)
 
 
 def centernet_focal_loss(logits: torch.Tensor, heatmap: torch.Tensor, alpha: float = 2.0, beta: float = 4.0):
@@ -85,32 +85,38 @@ def centernet_focal_loss(logits: torch.Tensor, heatmap: torch.Tensor, alpha: flo
 
 def heatmap_mse_loss(logits: torch.Tensor, heatmap: torch.Tensor):
     """The tutorial's MSE between sigmoid(logits) and the Gaussian heatmap, summed over cells and divided by the
-    number of faces (at least 1): a plain mean over all cells would let the background drown the few face cells."""
+    number of peak cells (at least 1): a plain mean over all cells would let the background drown the few face
+    cells."""
     heatmap = heatmap.float()
     squared = (logits.float().sigmoid() - heatmap).pow(2).sum()
     return squared / heatmap.eq(1).sum().clamp(min=1)
 
 
-def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, beta: float = 0.1):
+def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                     weight: torch.Tensor | None = None, beta: float = 0.1):
     """Smooth L1 averaged over EVERY element selected by `mask` (rows (N,) or elements, broadcast to pred's shape),
-    whatever the target's value: zeros and negatives count like any other target. 0 when nothing is selected."""
-    if mask is None:
-        mask = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
+    whatever the target's value: zeros and negatives count like any other target. `weight` (N,) weighs the rows
+    (a weighted mean); 0 when nothing is selected."""
+    rows = pred.shape[0]
+    mask = torch.ones(rows, dtype=torch.bool, device=pred.device) if mask is None else mask
+    weight = torch.ones(rows, device=pred.device) if weight is None else weight.float()
     if mask.dim() < pred.dim():
         mask = mask.reshape(mask.shape + (1,) * (pred.dim() - mask.dim())).expand_as(pred)
-    loss = F.smooth_l1_loss(pred.float()[mask], target.float()[mask], reduction='sum', beta=beta)
-    return loss / mask.sum().clamp(min=1)
+    weight = weight.reshape(weight.shape + (1,) * (pred.dim() - weight.dim())).expand_as(pred)[mask]
+    loss = F.smooth_l1_loss(pred.float()[mask], target.float()[mask], reduction='none', beta=beta)
+    return (loss * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
 class CenterNetLoss(nn.Module):
     """`criterion(outputs, targets) -> (loss, {'hm', 'off', 'wh', 'lm'})` with outputs the CenterFace maps
     {'hm' logits, 'wh', 'off', 'lm'} and targets a common.heatmaps.CenterTargets. hm_loss: 'focal' (CenterNet)
-    or 'mse' (the tutorial). Regression parts are masked smooth L1 at each face's centre cell (landmarks only for
-    faces that have them); beta 0.1 because offsets and normalised landmarks live within about +-1, where beta 1
-    would make the loss purely quadratic."""
+    or 'mse' (the tutorial). Regression parts are masked smooth L1 at each regression sample (the face's centre cell
+    and, with build_targets' reg_min < 1, its high-Gaussian neighbours, weighted), landmarks only for faces that
+    have them; each face weighs the same, whatever its number of samples. beta 0.1 because offsets and normalised
+    landmarks live within about +-1, where beta 1 would make the loss purely quadratic."""
 
     def __init__(self, hm_loss: str = 'focal', hm_weight: float = 1.0, off_weight: float = 1.0,
-                 wh_weight: float = 0.1, lm_weight: float = 0.1, beta: float = 0.1):
+                 wh_weight: float = 1.0, lm_weight: float = 0.1, beta: float = 0.1):
         super().__init__()
         if hm_loss not in ('focal', 'mse'):
             raise ValueError(f'hm_loss must be "focal" or "mse", got {hm_loss!r}')
@@ -120,12 +126,12 @@ class CenterNetLoss(nn.Module):
 
     def forward(self, outputs: dict, targets: CenterTargets):
         t = targets
-        parts = {
-            'hm': self.hm_loss(outputs['hm'], t.heatmap),
-            'off': masked_smooth_l1(gather_at(outputs['off'], t.image, t.cell), t.offset, beta=self.beta),
-            'wh': masked_smooth_l1(gather_at(outputs['wh'], t.image, t.cell), t.size, beta=self.beta),
-            'lm': masked_smooth_l1(gather_at(outputs['lm'], t.image, t.cell), t.landmarks, t.landmark_mask,
-                                   beta=self.beta),
-        }
+
+        def regression(name, target, mask=None):
+            return masked_smooth_l1(gather_at(outputs[name], t.image, t.cell), target, mask, t.weight, self.beta)
+
+        parts = {'hm': self.hm_loss(outputs['hm'], t.heatmap),
+                 'off': regression('off', t.offset), 'wh': regression('wh', t.size),
+                 'lm': regression('lm', t.landmarks, t.landmark_mask)}
         loss = sum(self.weights[k] * v for k, v in parts.items())
         return loss, {k: v.detach() for k, v in parts.items()}

@@ -566,7 +566,9 @@ def _save_mat(path: Path, content: dict, note: str):
 def write_widerface_ground_truth(out: Path, entries: list[dict], seed: int):
     """wider_face_val.mat and wider_{easy,medium,hard}_val.mat with the official fields, nesting and dtypes:
     per event a cell of per-image arrays; face_bbx_list int32 (N,4) x y w h; *_label_list uint8 (N,1);
-    gt_list 1-based uint8 (uint16 past 255) (M,1); an image without faces has one all-zero box and (0,0) gt_list."""
+    gt_list 1-based uint8 (uint16 past 255) (M,1); an image without faces has one all-zero box and (0,0) gt_list.
+    An entry is {event, name, boxes (N,4) xywh, levels {blur, expression, illumination, occlusion, pose: (N,)}}
+    plus, optionally, 'sets' {easy, medium, hard: (N,) bool} (else difficulty_sets decides, from the levels)."""
     events = list(dict.fromkeys(e['event'] for e in entries))
     by_event = [[e for e in entries if e['event'] == event] for event in events]
     level_keys = {'blur': 'blur_label_list', 'expression': 'expression_label_list',
@@ -593,10 +595,10 @@ def write_widerface_ground_truth(out: Path, entries: list[dict], seed: int):
     gt_dir.mkdir(parents=True, exist_ok=True)
     _save_mat(gt_dir / 'wider_face_val.mat', content, f'common.synthetic seed {seed}')
     for setting in ('easy', 'medium', 'hard'):
-        def gt_list(e):
+        def gt_list(e, setting=setting):
             if not len(e['boxes']):
                 return np.zeros((0, 0), np.uint8)
-            index = np.flatnonzero(difficulty_sets(e)[setting]) + 1
+            index = np.flatnonzero((e.get('sets') or difficulty_sets(e))[setting]) + 1
             dtype = np.uint8 if len(e['boxes']) <= 255 else np.uint16
             return index.astype(dtype).reshape(-1, 1)
         gt = dict(content, gt_list=_cell([_cell([gt_list(e) for e in group]) for group in by_event]))

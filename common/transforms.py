@@ -27,10 +27,11 @@ def select_faces(target: dict, keep: np.ndarray) -> dict:
     return out
 
 
-def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250):
+def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250, clip_boxes: bool = True):
     """Crop a square of scale x short side at a random place, keeping the faces whose centre lies inside
-    (boxes clipped to the crop, landmarks shifted). Up to `tries` attempts must keep at least one face (an image
-    without faces takes the first crop); otherwise the image comes back whole. Returns (image, target, cropped)."""
+    (boxes clipped to the crop unless `clip_boxes` is False, landmarks shifted). Up to `tries` attempts must keep
+    at least one face (an image without faces takes the first crop); otherwise the image comes back whole.
+    Returns (image, target, cropped)."""
     height, width = image.shape[:2]
     boxes = target['boxes']
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -46,7 +47,10 @@ def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250)
             continue
         out = select_faces(target, inside)
         offset = np.array([left, top], np.float32)
-        out['boxes'] = (np.clip(out['boxes'].reshape(-1, 2, 2), offset, offset + side) - offset).reshape(-1, 4)
+        boxes = out['boxes'].reshape(-1, 2, 2)
+        if clip_boxes:
+            boxes = np.clip(boxes, offset, offset + side)
+        out['boxes'] = (boxes - offset).reshape(-1, 4)
         out['landmarks'] = np.where(out['landmark_valid'][:, None, None], out['landmarks'] - offset, 0)
         out['landmarks'] = out['landmarks'].astype(np.float32)
         return image[top:top + side, left:left + side], out, True
@@ -116,21 +120,29 @@ def scale_target(target, scale) -> dict:
 class TrainTransform:
     """The RetinaFace training augmentation, `(image, target) -> (image image_size^2 uint8, target)`.
 
-    `min_face_size` > 0 drops faces whose box is smaller than that (pixels, after the resize). Randomness comes
-    from `self.rng`; inside a DataLoader worker it is re-seeded from the worker's seed (which torch derives from
-    the main process's seed), so workers differ from each other and runs repeat.
+    `min_face_size` > 0 drops faces whose box is smaller than that (pixels, after the resize). `clip_boxes=False`
+    keeps the whole box of a face the crop cuts (its centre is inside): a detector that regresses the box size from
+    the centre (CenterFace) then learns the true size of faces larger than its training input, as it meets them at
+    test time, instead of the clipped size.
+
+    Randomness comes from `self.rng`: `seed` if given, else torch's seed, which runtime.seed_everything sets from
+    --seed; inside a DataLoader worker it is re-seeded from the worker's seed (which torch derives from the main
+    process's seed), so workers differ from each other and runs repeat, with or without workers.
     """
 
     def __init__(self, image_size: int = 640, crop_scales=CROP_SCALES, crop_tries: int = 250, flip: bool = True,
-                 distort: bool = True, min_face_size: float = 0.0, fill=BGR_MEAN, seed: int | None = None):
+                 distort: bool = True, min_face_size: float = 0.0, fill=BGR_MEAN, seed: int | None = None,
+                 clip_boxes: bool = True):
         self.image_size = image_size
+        self.clip_boxes = clip_boxes
         self.crop_scales = tuple(crop_scales)
         self.crop_tries = crop_tries
         self.flip = flip
         self.distort = distort
         self.min_face_size = min_face_size
         self.fill = fill
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rng = None
         self._worker_seed = None
 
     def _generator(self) -> np.random.Generator:
@@ -138,11 +150,14 @@ class TrainTransform:
         if info is not None and info.seed != self._worker_seed:  # a fresh worker (or a new epoch's workers)
             self._worker_seed = info.seed
             self.rng = np.random.default_rng(info.seed)
+        elif self.rng is None:  # the main process (--workers 0), seeded when first used
+            self.rng = np.random.default_rng(torch.initial_seed() if self.seed is None else self.seed)
         return self.rng
 
     def __call__(self, image, target):
         rng = self._generator()
-        image, target, _ = random_square_crop(image, target, rng, self.crop_scales, self.crop_tries)
+        image, target, _ = random_square_crop(image, target, rng, self.crop_scales, self.crop_tries,
+                                             self.clip_boxes)
         if self.distort:
             image = photometric_distort(image, rng)
         image = pad_to_square(image, self.fill)

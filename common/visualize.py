@@ -5,10 +5,9 @@ matplotlib.use('Agg')  # headless: CI, servers and DataLoader workers have no di
 
 
 def plot_history(rows: list[dict], path, keys=None, title: str = ''):
-    """Line plot of per-epoch values (metrics.csv rows) against the epoch; `keys` defaults to every loss column."""
+    """Line plot of per-epoch values (metrics.csv rows) against the epoch; `keys` defaults to 'loss'."""
     import matplotlib.pyplot as plt
-    if keys is None:
-        keys = [k for k in rows[0] if k == 'loss' or k.startswith('loss_') or k in ('loc', 'cls', 'landm')] if rows else []
+    keys = ['loss'] if keys is None else keys
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for key in keys:
         points = [(r['epoch'], r[key]) for r in rows if key in r and r[key] is not None]

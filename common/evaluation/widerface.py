@@ -399,13 +399,10 @@ def evaluate_dirs(pred_dir, gt_dir, iou_thresh=0.5):
     return evaluate(read_predictions(pred_dir), load_ground_truth(gt_dir), iou_thresh)
 
 
-# -------------------------------------------------------------------------------------------------------- CLI
-
-
-# ---------------------------------------------------------------- running a detector over a split
-
+# ------------------------------------------------------------------------------- running a detector over a split
 
 def _as_list(batch):
+    """DataLoader collate that keeps the (image, target) pairs as they are (images differ in size)."""
     return batch
 
 
@@ -445,6 +442,7 @@ def evaluate_on_split(detector, split_dir, gt_dir, pred_dir, *, batch_size=1, wo
     return aps
 
 
+# -------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description='WIDER FACE val Easy / Medium / Hard AP (official protocol).')

@@ -1,0 +1,139 @@
+"""CenterFace: an anchor-free face detector with five landmarks (CenterNet-style heads at stride 4).
+
+    image (B,3,H,W) BGR 0..255 -> ImageNet normalisation (inside, RGB order for torchvision weights)
+    -> MobileNetV2 features at strides 4, 8, 16, 32 (torchvision, its 1280-channel last conv unused)
+    -> top-down neck: a 1x1 lateral conv per level to `neck_channels`, upsample + add from the coarser level,
+       then one depthwise-separable 3x3 on the finest level (stride `down`, 4 by default)
+    -> four heads, each 3x3 conv (head_conv channels) + ReLU + 1x1 conv:
+       'hm' 1 (face-centre heatmap logits), 'wh' 2 (log box size), 'off' 2 (sub-cell centre offset), 'lm' 10.
+
+The outputs are raw: `hm` holds logits (sigmoid at decoding and in the loss). What each map means is defined by the
+target encoding in common/heatmaps.py. The neck and heads are kept narrow (24 channels by default) because at
+stride 4 every channel costs H*W/16 positions: at 256 px the four heads cost about as much as a quarter of the
+backbone.
+"""
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import mobilenet_v2
+
+from ..checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+
+HEADS = {'hm': 1, 'wh': 2, 'off': 2, 'lm': 10}
+HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~ 0.1: a low initial face score everywhere (as CenterNet)
+# The size head starts at a typical training face (24 px), not at exp(0) * down = 4 px: Adam moves a bias by about
+# the LR per step, so from 0 it would take thousands of steps just to reach the sizes of ordinary faces.
+SIZE_PRIOR_PIXELS = 24.0
+# torchvision's ImageNet statistics are RGB; the input is BGR, so the buffers hold them in BGR order
+IMAGENET_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
+IMAGENET_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
+# MobileNetV2 `features` indices that end each stride (4, 8, 16, 32); index 18 (1x1 conv to 1280) is not used
+STAGE_ENDS = {4: 4, 8: 7, 16: 14, 32: 18}
+
+DEFAULT_ARCH = {'name': 'centerface', 'width_mult': 1.0, 'neck_channels': 24, 'head_conv': 24, 'down': 4}
+
+
+def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv (no bias) + BN + ReLU as one Sequential, so fuse_for_inference can fold the BN."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+class UpsampleNeck(nn.Module):
+    """FPN-like top-down path: lateral 1x1 convs to `channels`, nearest upsampling to the finer level's exact size
+    (odd input sizes work) and add, ending at the finest level with a depthwise-separable 3x3 to mix neighbours."""
+
+    def __init__(self, in_channels: list[int], channels: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(conv_bn_relu(c, channels) for c in in_channels)
+        self.smooth = nn.Sequential(conv_bn_relu(channels, channels, 3, groups=channels),
+                                    conv_bn_relu(channels, channels))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """features: finest first. Returns the finest level, `channels` wide."""
+        out = self.lateral[-1](features[-1])
+        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
+            out = lateral(feature) + F.interpolate(out, size=feature.shape[-2:], mode='nearest')
+        return self.smooth(out)
+
+
+def head(in_ch: int, mid_ch: int, out_ch: int, bias: float = 0.0) -> nn.Sequential:
+    """3x3 conv + ReLU + 1x1 conv (CenterNet's head); the last bias starts at `bias`."""
+    last = nn.Conv2d(mid_ch, out_ch, 1)
+    nn.init.normal_(last.weight, std=0.01)
+    nn.init.constant_(last.bias, bias)
+    return nn.Sequential(nn.Conv2d(in_ch, mid_ch, 3, padding=1), nn.ReLU(inplace=True), last)
+
+
+class CenterFace(nn.Module):
+    """`model(images) -> {'hm', 'wh', 'off', 'lm'}`, each (B,C,H/down,W/down); images are BGR 0..255 (uint8 or
+    float). `model.body` is the torchvision MobileNetV2 `features` (keys as torchvision's, without the prefix)."""
+
+    def __init__(self, width_mult: float = 1.0, neck_channels: int = 24, head_conv: int = 24, down: int = 4):
+        super().__init__()
+        if down not in (4, 8):
+            raise ValueError(f'CenterFace: down (output stride) must be 4 or 8, got {down}')
+        self.down = down
+        features = mobilenet_v2(weights=None, width_mult=width_mult).features
+        self.body = features[:STAGE_ENDS[32]]  # keeps torchvision's indices 0..17 as keys
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN_BGR).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD_BGR).view(1, 3, 1, 1), persistent=False)
+        self.taps = [STAGE_ENDS[s] for s in (4, 8, 16, 32) if s >= down]  # where each used level ends
+        channels = [self.body[end - 1].out_channels for end in self.taps]
+        self.neck = UpsampleNeck(channels, neck_channels)
+        prior_bias = {'hm': HEATMAP_PRIOR_BIAS, 'wh': math.log(SIZE_PRIOR_PIXELS / down)}
+        self.heads = nn.ModuleDict({name: head(neck_channels, head_conv, out, prior_bias.get(name, 0.0))
+                                    for name, out in HEADS.items()})
+
+    def forward(self, images: torch.Tensor) -> dict:
+        x = (images.float() - self.mean) / self.std
+        x = x.flip(1)  # BGR -> RGB, the order torchvision's ImageNet weights expect
+        features, start = [], 0
+        for end in self.taps:
+            for index in range(start, end):
+                x = self.body[index](x)
+            features.append(x)
+            start = end
+        neck = self.neck(features)
+        return {name: module(neck) for name, module in self.heads.items()}
+
+
+def build_centerface(arch: dict) -> CenterFace:
+    """CenterFace from an arch dict such as DEFAULT_ARCH (missing keys take its values)."""
+    arch = {**DEFAULT_ARCH, **arch}
+    return CenterFace(width_mult=float(arch['width_mult']), neck_channels=int(arch['neck_channels']),
+                      head_conv=int(arch['head_conv']), down=int(arch['down']))
+
+
+def load_centerface_weights(model: CenterFace, source) -> str:
+    """Fill `model` from `source` (a path, loaded weights-only, or a loaded dict) and return a one-line report:
+      - our checkpoint or a full CenterFace state dict: every key must fit;
+      - a torchvision MobileNetV2 ImageNet state dict (`features.N...`, `classifier...`; e.g. the file
+        torchvision downloads as mobilenet_v2-*.pth): loaded into model.body; the classifier and the
+        unused last conv (features.18) are dropped. The width multiplier must match.
+    Anything else raises CheckpointError naming a few keys that do not fit; nothing is loaded partially."""
+    name = str(source) if isinstance(source, (str, Path)) else 'weights'
+    state = extract_state_dict(load_checkpoint(source) if isinstance(source, (str, Path)) else source)
+    full = model.state_dict()
+    if any(k in full for k in state):
+        target, prefix = full, ''
+    else:  # an ImageNet classifier: keep features 0..17, renamed to model.body's keys
+        skipped = (f'features.{STAGE_ENDS[32]}.', 'classifier.')
+        state = {k[len('features.'):]: v for k, v in state.items()
+                 if k.startswith('features.') and not k.startswith(skipped)}
+        target, prefix = model.body.state_dict(), 'body.'
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
+    if missing or unexpected or wrong or not state:
+        raise CheckpointError(f'{name}: does not fit CenterFace{" backbone" if prefix else ""}: {len(missing)} '
+                              f'missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), '
+                              f'{len(wrong)} wrong shape (e.g. {wrong[:3]}); a backbone must be torchvision '
+                              f'MobileNetV2 with the same width multiplier')
+    (model.body if prefix else model).load_state_dict(state, strict=True)
+    if prefix:
+        return f'{name}: loaded {len(state)} ImageNet backbone tensors into model.body; neck and heads start fresh'
+    return f'{name}: loaded all {len(state)} tensors'

@@ -1,0 +1,77 @@
+"""train_centernet.py as a user runs it: a few iterations, resume, evaluation only, bad input; and a learning test."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.checkpoint import load_checkpoint
+from common.synthetic import make_widerface
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_NET = ['--width-mult', '0.35', '--neck-channels', '16', '--head-conv', '16']
+
+
+def run(*args, timeout=300):
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '2')}
+    return subprocess.run([sys.executable, str(REPO / 'train_centernet.py'), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def tiny_widerface(tmp_path_factory):
+    return make_widerface(tmp_path_factory.mktemp('synthetic') / 'widerface', num_images=12, seed=3)
+
+
+def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
+    out = tmp_path / 'run'
+    common = ['--data-root', tiny_widerface, '--out', out, '--image-size', '96', '--batch-size', '4', '--workers', '0',
+              '--device', 'cpu', *SMALL_NET]
+    first = run(*common, '--epochs', '1')
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (out / 'last.pt').is_file() and (out / 'results.json').is_file()
+    state = load_checkpoint(out / 'last.pt')
+    assert state['epoch'] == 1 and state['step'] == 3 and state['arch']['name'] == 'centerface'
+
+    resumed = run(*common, '--epochs', '2', '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resumed from' in resumed.stdout
+    state = load_checkpoint(out / 'last.pt')
+    assert state['epoch'] == 2 and state['step'] == 6
+    rows = (out / 'metrics.csv').read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith('epoch,') and 'hm' in rows[0] and 'easy' in rows[0]
+    results = json.loads((out / 'results.json').read_text())
+    assert set(results) == {'easy', 'medium', 'hard'} and all(0 <= v <= 1 for v in results.values())
+
+    evaluated = tmp_path / 'eval'
+    only = run('--data-root', tiny_widerface, '--out', evaluated, '--evaluate', '--weights', out / 'last.pt',
+               '--device', 'cpu', '--workers', '0')
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert set(json.loads((evaluated / 'results.json').read_text())) == {'easy', 'medium', 'hard'}
+    val_images = (tiny_widerface / 'val' / 'label.txt').read_text().count('#')
+    pred_files = list((evaluated / 'predictions').glob('*/*.txt'))
+    assert len(pred_files) == val_images
+    lines = pred_files[0].read_text().splitlines()
+    assert int(lines[1]) == len(lines) - 2  # name, count, then one `x y w h score ...` line per face
+
+
+def test_missing_data_root_is_one_line_exit_2(tmp_path):
+    result = run('--data-root', tmp_path / 'nowhere', '--device', 'cpu', timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count('\n') == 0 and '--data-root' in result.stderr and 'nowhere' in result.stderr
+
+
+def test_learns_synthetic_faces(tmp_path):
+    """From scratch on synthetic faces with the default network and recipe, about two minutes on 2 CPU cores
+    (200 steps at 192 px): it measured Easy / Medium AP 0.33 / 0.29 evaluated with the long side at 320 px, near
+    the training scale; an untrained network scores about 0.0."""
+    data = make_widerface(tmp_path / 'widerface', num_images=400, seed=0)
+    out = tmp_path / 'run'
+    result = run('--data-root', data, '--out', out, '--image-size', '192', '--epochs', '8', '--batch-size', '16',
+                 '--workers', '1', '--device', 'cpu', '--eval-every', '0', '--save-every', '0', '--max-size', '320',
+                 timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / 'results.json').read_text())
+    assert results['easy'] >= 0.2 and results['medium'] >= 0.15, results
