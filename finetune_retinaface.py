@@ -22,9 +22,7 @@ import argparse
 
 from common import face_training, runtime
 from common.anchors import match, retinaface_priors
-from common.checkpoint import CheckpointError
 from common.losses import MultiBoxLoss
-from common.models import build_model, load_pretrained
 
 
 def parse_args(argv=None):
@@ -52,13 +50,7 @@ def main(args):
 
     # ------------------------------------------------------------ network
     arch = {'name': 'retinaface', 'network': args.network}
-    model = build_model(arch)
-    if args.pretrained and not args.resume:
-        try:
-            rt.print(load_pretrained(model, runtime.require_path(args.pretrained, '--pretrained', 'weights file')))
-        except CheckpointError as e:
-            runtime.fail(f'--pretrained: {e}')
-    model = rt.wrap(model)
+    model = face_training.network(args, rt, arch)  # --pretrained loaded, on the device, DDP under torchrun
 
     # ------------------------------------------------------------ loss and optimiser
     priors = retinaface_priors(args.image_size, args.image_size, device=rt.device)

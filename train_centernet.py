@@ -36,11 +36,8 @@ Detection on photos with the trained checkpoint:
 import argparse
 
 from common import face_training, runtime
-from common.checkpoint import CheckpointError
 from common.heatmaps import build_targets
 from common.losses import CenterNetLoss
-from common.models import build_model
-from common.models.centerface import load_centerface_weights
 from common.transforms import TrainTransform
 
 
@@ -90,13 +87,7 @@ def main(args):
     # ------------------------------------------------------------ network
     arch = {'name': 'centerface', 'width_mult': args.width_mult, 'neck_channels': args.neck_channels,
             'head_conv': args.head_conv, 'down': args.down}
-    model = build_model(arch)
-    if args.pretrained and not args.resume:
-        try:
-            rt.print(load_centerface_weights(model, runtime.require_path(args.pretrained, '--pretrained', 'weights')))
-        except CheckpointError as e:
-            runtime.fail(f'--pretrained: {e}')
-    model = rt.wrap(model)
+    model = face_training.network(args, rt, arch)  # --pretrained loaded, on the device, DDP under torchrun
 
     # ------------------------------------------------------------ loss and optimiser
     criterion = CenterNetLoss(hm_loss=args.hm_loss, hm_weight=args.hm_weight, off_weight=args.off_weight,

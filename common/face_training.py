@@ -11,6 +11,7 @@ from .checkpoint import CheckpointError
 from .datasets import LabelFormatError, WiderFaceDataset, detection_collate
 from .detector import FaceDetector, load_detector_model
 from .evaluation.widerface import evaluate_on_split
+from .models import build_model, load_pretrained
 from .transforms import TrainTransform
 
 
@@ -22,6 +23,18 @@ def add_evaluation_flags(group):
     group.add_argument('--test-size', type=int, default=None, help='evaluate with the short side resized to this')
     group.add_argument('--max-size', type=int, default=None, help='evaluate with the long side capped at this')
     group.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
+
+
+def network(args, rt: runtime.Runtime, arch: dict):
+    """The network of `arch`, filled from --pretrained (unless --resume, which restores it later) and wrapped for the
+    runtime (device, channels_last, DDP); a file that does not fit stops with one line."""
+    model = build_model(arch)
+    if args.pretrained and not args.resume:
+        try:
+            rt.print(load_pretrained(model, runtime.require_path(args.pretrained, '--pretrained', 'weights file')))
+        except CheckpointError as e:
+            runtime.fail(f'--pretrained: {e}')
+    return rt.wrap(model)
 
 
 def train_loader(args, rt: runtime.Runtime, transform=None):

@@ -16,7 +16,8 @@ and the network is trained to output, at that one cell:
 Faces without landmarks train boxes only (`landmark_mask`). Regression targets are kept per sample, not as dense
 maps: the loss gathers the predictions at each sample's cell. Besides the centre cell, the cells near it where the
 face's Gaussian is high also regress the face (`reg_min`, weighted by the Gaussian, each face's weights summing to
-1), with 'off' = c - cell there; this gives large faces many box samples per step instead of one.
+1), with 'off' = c - cell there; this gives large faces many box samples per step instead of one. With `pos_min`
+those cells are heatmap peaks (1) as well: any of them may fire for the face, since each decodes to its box.
 
 Decoding inverts it: peaks of the sigmoid heatmap (equal to their 3x3 max-pool), the top-K per image, and for each
 centre = (cell + off) * down, size = exp(wh) * down, landmark = centre + lm * size; NMS and the score threshold

@@ -7,8 +7,8 @@ from common.checkpoint import CheckpointError
 from common.detector import decoder_for
 from common.heatmaps import build_targets
 from common.losses import CenterNetLoss, centernet_focal_loss, heatmap_mse_loss, masked_smooth_l1
-from common.models import build_model, fuse_for_inference
-from common.models.centerface import HEATMAP_PRIOR_BIAS, load_centerface_weights
+from common.models import build_model, fuse_for_inference, load_pretrained
+from common.models.centerface import HEATMAP_PRIOR_BIAS
 
 SMALL = {'name': 'centerface', 'width_mult': 0.35, 'neck_channels': 16, 'head_conv': 16}
 
@@ -67,16 +67,16 @@ def test_imagenet_backbone_and_full_weights_load(tmp_path):
     path = tmp_path / 'mobilenet_v2.pth'
     torch.save(classifier.state_dict(), path)
     model = build_model(SMALL)
-    report = load_centerface_weights(model, path)
+    report = load_pretrained(model, path)
     assert 'backbone' in report
     torch.testing.assert_close(model.body[5].conv[0][0].weight, classifier.features[5].conv[0][0].weight)
 
     other = build_model(SMALL)
-    assert 'all' in load_centerface_weights(other, {'model': model.state_dict(), 'arch': SMALL})
+    assert 'all' in load_pretrained(other, {'model': model.state_dict(), 'arch': SMALL})
     torch.testing.assert_close(other.heads['lm'][0].weight, model.heads['lm'][0].weight)
 
     with pytest.raises(CheckpointError, match='does not fit'):  # another width multiplier
-        load_centerface_weights(build_model({**SMALL, 'width_mult': 1.0}), path)
+        load_pretrained(build_model({**SMALL, 'width_mult': 1.0}), path)
 
 
 # ---------------------------------------------------------------------------------------------------- losses

@@ -17,9 +17,15 @@ def _build_retinaface(arch: dict) -> torch.nn.Module:
     return RetinaFace(arch.get('network', 'mobile0.25'))
 
 
+def _build_centerface(arch: dict) -> torch.nn.Module:
+    from .centerface import build_centerface
+    return build_centerface(arch)
+
+
 # arch['name'] -> builder(arch); each network family adds its entry here
 BUILDERS = {
     'retinaface': _build_retinaface,
+    'centerface': _build_centerface,
 }
 
 
@@ -33,6 +39,10 @@ def build_model(arch: dict) -> torch.nn.Module:
 
 # the ImageNet classifier part of a backbone checkpoint, which the detector does not have
 _CLASSIFIER_PREFIXES = ('fc.', 'avg.', 'classifier.')
+
+
+def _without_classifier(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
 
 
 def _mismatch(state: dict, target: dict) -> tuple[list, list, list]:
@@ -56,9 +66,10 @@ def load_pretrained(model: torch.nn.Module, source) -> str:
     or an already loaded object, any of:
       - our checkpoint ({'model': state dict, 'arch': ...}) or any full state dict of this network, such as a
         Pytorch_Retinaface checkpoint (`module.` prefixes are stripped): every key must fit;
-      - a backbone checkpoint such as the ImageNet `mobilenetV1X0.25_pretrain.tar` ({'state_dict': ...}) or a
-        torchvision resnet50 state dict: loaded into `model.body` only, its classifier (fc) dropped; every
-        backbone key must fit.
+      - a backbone checkpoint such as the ImageNet `mobilenetV1X0.25_pretrain.tar` ({'state_dict': ...}), a
+        torchvision resnet50 or mobilenet_v2 state dict: loaded into `model.body` only, its classifier dropped
+        (a network whose body keys differ from the checkpoint's says how to map them in `model.body_weights`);
+        every backbone key must fit.
     Anything else raises CheckpointError naming a few missing / unexpected keys; nothing is loaded partially."""
     name = str(source) if isinstance(source, (str, Path)) else 'weights'
     obj = load_checkpoint(source) if isinstance(source, (str, Path)) else source
@@ -68,9 +79,8 @@ def load_pretrained(model: torch.nn.Module, source) -> str:
     body_state = body.state_dict() if isinstance(body, torch.nn.Module) else {}
 
     full_hits = sum(k in full for k in state)
-    body_hits = sum(k in body_state for k in state)
-    if body_state and body_hits > full_hits:
-        backbone = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    backbone = getattr(model, 'body_weights', _without_classifier)(state)
+    if body_state and sum(k in body_state for k in backbone) > full_hits:
         problems = _mismatch(backbone, body_state)
         if any(problems):
             raise CheckpointError(f'{name}: looks like a backbone checkpoint but does not fit model.body: '
@@ -78,7 +88,7 @@ def load_pretrained(model: torch.nn.Module, source) -> str:
         body.load_state_dict(backbone, strict=True)
         dropped = len(state) - len(backbone)
         return (f'{name}: loaded {len(backbone)} backbone tensors into model.body'
-                + (f' (dropped {dropped} classifier tensors)' if dropped else '')
+                + (f' (dropped {dropped} classifier tensors the detector does not use)' if dropped else '')
                 + f'; {len(full) - len(body_state)} detector tensors keep their initialisation')
 
     problems = _mismatch(state, full)
@@ -88,11 +98,3 @@ def load_pretrained(model: torch.nn.Module, source) -> str:
         raise CheckpointError(f'{name}: does not fit the model{hint}: {_describe(*problems)}')
     model.load_state_dict(state, strict=True)
     return f'{name}: loaded all {len(state)} tensors'
-
-
-def _build_centerface(arch: dict) -> torch.nn.Module:
-    from .centerface import build_centerface
-    return build_centerface(arch)
-
-
-BUILDERS['centerface'] = _build_centerface

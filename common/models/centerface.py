@@ -13,14 +13,12 @@ stride 4 every channel costs H*W/16 positions: at 256 px the four heads cost abo
 backbone.
 """
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from ..checkpoint import CheckpointError, extract_state_dict, load_checkpoint
 
 HEADS = {'hm': 1, 'wh': 2, 'off': 2, 'lm': 10}
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~ 0.1: a low initial face score everywhere (as CenterNet)
@@ -100,40 +98,18 @@ class CenterFace(nn.Module):
         neck = self.neck(features)
         return {name: module(neck) for name, module in self.heads.items()}
 
+    @staticmethod
+    def body_weights(state: dict) -> dict:
+        """A torchvision MobileNetV2 ImageNet state dict (`features.N...`, `classifier...`; the file torchvision
+        downloads as mobilenet_v2-*.pth) in model.body's keys: the classifier and the unused last conv
+        (features.18) dropped. common.models.load_pretrained uses it for backbone checkpoints."""
+        skipped = (f'features.{STAGE_ENDS[32]}.', 'classifier.')
+        return {k[len('features.'):]: v for k, v in state.items()
+                if k.startswith('features.') and not k.startswith(skipped)}
+
 
 def build_centerface(arch: dict) -> CenterFace:
     """CenterFace from an arch dict such as DEFAULT_ARCH (missing keys take its values)."""
     arch = {**DEFAULT_ARCH, **arch}
     return CenterFace(width_mult=float(arch['width_mult']), neck_channels=int(arch['neck_channels']),
                       head_conv=int(arch['head_conv']), down=int(arch['down']))
-
-
-def load_centerface_weights(model: CenterFace, source) -> str:
-    """Fill `model` from `source` (a path, loaded weights-only, or a loaded dict) and return a one-line report:
-      - our checkpoint or a full CenterFace state dict: every key must fit;
-      - a torchvision MobileNetV2 ImageNet state dict (`features.N...`, `classifier...`; e.g. the file
-        torchvision downloads as mobilenet_v2-*.pth): loaded into model.body; the classifier and the
-        unused last conv (features.18) are dropped. The width multiplier must match.
-    Anything else raises CheckpointError naming a few keys that do not fit; nothing is loaded partially."""
-    name = str(source) if isinstance(source, (str, Path)) else 'weights'
-    state = extract_state_dict(load_checkpoint(source) if isinstance(source, (str, Path)) else source)
-    full = model.state_dict()
-    if any(k in full for k in state):
-        target, prefix = full, ''
-    else:  # an ImageNet classifier: keep features 0..17, renamed to model.body's keys
-        skipped = (f'features.{STAGE_ENDS[32]}.', 'classifier.')
-        state = {k[len('features.'):]: v for k, v in state.items()
-                 if k.startswith('features.') and not k.startswith(skipped)}
-        target, prefix = model.body.state_dict(), 'body.'
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
-    if missing or unexpected or wrong or not state:
-        raise CheckpointError(f'{name}: does not fit CenterFace{" backbone" if prefix else ""}: {len(missing)} '
-                              f'missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), '
-                              f'{len(wrong)} wrong shape (e.g. {wrong[:3]}); a backbone must be torchvision '
-                              f'MobileNetV2 with the same width multiplier')
-    (model.body if prefix else model).load_state_dict(state, strict=True)
-    if prefix:
-        return f'{name}: loaded {len(state)} ImageNet backbone tensors into model.body; neck and heads start fresh'
-    return f'{name}: loaded all {len(state)} tensors'
