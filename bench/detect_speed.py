@@ -7,13 +7,14 @@
         --source ../shared/data/photos --device cpu --max-size 640
 
 Per image, every pipeline reads the file, prepares the input, runs the network, decodes and applies NMS, one image
-at a time, after a warm-up pass over the folder; the pipelines take turns image by image and the median over
-images x repeats is reported.
+at a time, after a warm-up pass over the folder; the pipelines take turns pass by pass over the folder and the
+median over images x repeats is reported.
 
 - ours: detect.py's pipeline for --weights (BatchNorm folded, channels_last on the CPU, batched torch decode +
   torchvision NMS).
-- reference-style baseline, for RetinaFace weights: the reference implementation's steps, written here: the plain
-  (unfused) network on a float32 image, priors rebuilt per image by a Python loop over the cells, decode in NumPy,
+- reference-style baseline, for RetinaFace weights: the reference implementation's steps, written here: the mean
+  subtracted in NumPy, the plain (unfused) network on that float32 image, priors rebuilt per image by a Python loop
+  over the cells, decode in NumPy,
   score filter, argsort, top-k, a greedy NMS loop in Python/NumPy (+1 pixel areas), keep top-k. The run also
   checks that the two agree (matched boxes and landmarks in pixels, scores).
 - compare: detect.py's pipeline for a second detector (--compare), at the same input size: e.g. CenterFace
@@ -85,9 +86,11 @@ def baseline_detect(model, path, device, conf_thres, nms_thres, top_k, keep_top_
         scale = max_size / max(image.shape[:2])
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     height, width = image.shape[:2]
-    tensor = torch.from_numpy(np.float32(image).transpose(2, 0, 1)).unsqueeze(0)  # the mean is removed inside
+    image = np.float32(image)
+    image -= (104, 117, 123)
+    tensor = torch.from_numpy(image.transpose(2, 0, 1)).unsqueeze(0)
     prepared = time.perf_counter()
-    loc, conf, landm = model(tensor.to(device))
+    loc, conf, landm = model.forward_normalized(tensor.to(device))
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     forwarded = time.perf_counter()
@@ -224,15 +227,17 @@ def main(args):
           f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}, '
           f'score > {args.conf_thres}, NMS {args.nms_thres}, top 5000 / 750')
 
-    for path in paths:  # warm-up: allocator, oneDNN / cuDNN kernels for every size
-        for run in pipelines.values():
+    for run in pipelines.values():  # warm-up: allocator, oneDNN / cuDNN kernels for every size
+        for path in paths:
             run(path)
     totals = {name: [] for name in pipelines}
     stages = {name: {} for name in pipelines}
     last = {}
     for _ in range(args.repeats):
-        for path in paths:  # interleaved, so load from other processes hits every pipeline alike
-            for name, run in pipelines.items():
+        # pipelines take turns pass by pass, so load from other processes hits them alike; not image by image,
+        # where each would evict the other's oneDNN kernels from the caches and run slower than it does alone
+        for name, run in pipelines.items():
+            for path in paths:
                 result, ms, times = run(path)
                 totals[name].append(ms)
                 for k, v in times.items():

@@ -59,9 +59,10 @@ def encode_boxes(boxes_xyxy: torch.Tensor, priors: torch.Tensor, variances=VARIA
 
 
 def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, variances=VARIANCES) -> torch.Tensor:
-    """(..., P, 4) regression output + (P, 4) priors -> (..., P, 4) x1y1x2y2 in the priors' (normalised) units."""
-    centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp(loc[..., 2:] * variances[1])
+    """(..., P, 4) regression output + (P, 4) priors (or (..., P, 4), one per output) -> (..., P, 4) x1y1x2y2 in the
+    priors' (normalised) units."""
+    centre = priors[..., :2] + loc[..., :2] * variances[0] * priors[..., 2:]
+    size = priors[..., 2:] * torch.exp(loc[..., 2:] * variances[1])
     return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
 
 
@@ -72,9 +73,10 @@ def encode_landmarks(landmarks: torch.Tensor, priors: torch.Tensor, variances=VA
 
 
 def decode_landmarks(landm: torch.Tensor, priors: torch.Tensor, variances=VARIANCES) -> torch.Tensor:
-    """(..., P, 10) landmark output + (P, 4) priors -> (..., P, 5, 2) points in the priors' (normalised) units."""
+    """(..., P, 10) landmark output + (P, 4) priors (or (..., P, 4)) -> (..., P, 5, 2) points in the priors'
+    (normalised) units."""
     landm = landm.unflatten(-1, (5, 2))
-    return priors[:, None, :2] + landm * variances[0] * priors[:, None, 2:]
+    return priors[..., None, :2] + landm * variances[0] * priors[..., None, 2:]
 
 
 # ----------------------------------------------------------------------------------------------------- matching

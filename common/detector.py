@@ -101,7 +101,7 @@ class FaceDetector:
         outputs = self.model(batch)
         self._synchronize()
         forwarded = time.perf_counter()
-        boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:])
+        boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:], self.pre_nms_top_k)
         results = postprocess(boxes, scores, landmarks, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                               pre_nms_top_k=self.pre_nms_top_k, keep_top_k=self.keep_top_k)
         results = [{k: (v.float() / s if k != 'scores' else v.float()).cpu().numpy() for k, v in r.items()}
@@ -113,21 +113,22 @@ class FaceDetector:
 
 
 def decoder_for(arch: dict):
-    """`decode(outputs, input_hw) -> boxes (B,K,4), scores (B,K), landmarks (B,K,5,2)` for the network `arch` names."""
+    """`decode(outputs, input_hw, top_k) -> boxes (B,K,4), scores (B,K), landmarks (B,K,5,2)` in input pixels for
+    the network `arch` names: at most the top_k best candidates of each image."""
     if arch['name'] == 'retinaface':
         from .anchors import retinaface_priors
         from .postprocess import decode_retinaface
         cache = {}
 
-        def decode(outputs, input_hw):
+        def decode(outputs, input_hw, top_k=None):
             key = (tuple(input_hw), outputs[0].device)
             if key not in cache:
                 cache[key] = retinaface_priors(*input_hw, device=outputs[0].device)
-            return decode_retinaface(*outputs, cache[key], input_hw)
+            return decode_retinaface(*outputs, cache[key], input_hw, top_k)
         return decode
     if arch['name'] == 'centerface':
         from .heatmaps import decode_centerface
-        return lambda outputs, input_hw: decode_centerface(outputs, input_hw)
+        return lambda outputs, input_hw, top_k=1000: decode_centerface(outputs, input_hw, top_k=top_k)
     raise CheckpointError(f'no decoder for network {arch["name"]!r}')
 
 

@@ -11,15 +11,23 @@ from torchvision.ops import batched_nms
 from .anchors import decode_boxes, decode_landmarks
 
 
-def decode_retinaface(loc, conf_logits, landm, priors, input_hw):
-    """Raw (B,P,4), (B,P,2), (B,P,10) outputs + (P,4) priors of an input of size (H, W) -> boxes (B,P,4) x1y1x2y2
-    pixels, scores (B,P) (softmax, class 1 = face), landmarks (B,P,5,2) pixels."""
+def decode_retinaface(loc, conf_logits, landm, priors, input_hw, top_k: int | None = None):
+    """Raw (B,P,4), (B,P,2), (B,P,10) outputs + (P,4) priors of an input of size (H, W) -> boxes (B,K,4) x1y1x2y2
+    pixels, scores (B,K) (softmax, class 1 = face), landmarks (B,K,5,2) pixels. With `top_k` only the K = top_k
+    best-scoring priors of each image are decoded (what postprocess keeps before NMS anyway), else all P."""
     height, width = int(input_hw[0]), int(input_hw[1])
-    loc, landm, priors = loc.float(), landm.float(), priors.float()
+    logits = conf_logits.float()
+    scores = torch.sigmoid(logits[..., 1] - logits[..., 0])  # = softmax(logits)[..., 1], without the exp of both
+    priors = priors.float().expand(scores.shape[0], -1, -1)
+    if top_k is not None and top_k < scores.shape[1]:
+        scores, index = scores.topk(top_k, dim=1)             # best first, like postprocess's own ordering
+
+        def take(t):
+            return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+        loc, landm, priors = take(loc), take(landm), take(priors)
     scale = torch.tensor([width, height], dtype=torch.float32, device=loc.device)
-    boxes = decode_boxes(loc, priors) * scale.repeat(2)
-    landmarks = decode_landmarks(landm, priors) * scale
-    scores = conf_logits.float().softmax(dim=-1)[..., 1]
+    boxes = decode_boxes(loc.float(), priors) * scale.repeat(2)
+    landmarks = decode_landmarks(landm.float(), priors) * scale
     return boxes, scores, landmarks
 
 

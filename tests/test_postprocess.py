@@ -87,6 +87,23 @@ def test_decode_zero_outputs_gives_priors_in_pixels():
                              (height, width))[1][0, 0] > 0.99  # index 1 is the face class
 
 
+def test_decoding_only_the_top_k_gives_the_same_detections():
+    height, width = 64, 96
+    priors = retinaface_priors(height, width)
+    g = torch.Generator().manual_seed(0)
+    outputs = [torch.randn(2, len(priors), k, generator=g) for k in (4, 2, 10)]
+    everything = decode_retinaface(*outputs, priors, (height, width))
+    top = decode_retinaface(*outputs, priors, (height, width), top_k=40)
+    assert [t.shape[1] for t in top] == [40, 40, 40]
+    order = everything[1].argsort(dim=1, descending=True)[:, :40]
+    for full, best in zip(everything, top):
+        torch.testing.assert_close(best, full.gather(1, order.view(2, 40, *[1] * (full.dim() - 2))
+                                                      .expand(-1, -1, *full.shape[2:])))
+    settings = dict(conf_thres=0.3, nms_thres=0.4, pre_nms_top_k=40)
+    for a, b in zip(postprocess(*everything, **settings), postprocess(*top, **settings)):
+        torch.testing.assert_close(a, b)
+
+
 def test_scale_detections_back_to_original():
     result = {'boxes': torch.tensor([[10., 20, 30, 40]]), 'scores': torch.tensor([0.9]),
               'landmarks': torch.tensor([[[10., 20]] * 5])}

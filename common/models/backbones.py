@@ -9,13 +9,30 @@ so checkpoints in that layout load as they are:
 - ResNet50: torchvision's resnet50 (built with weights=None: nothing is downloaded) minus avgpool/fc; returns
   layer2/3/4 (strides 8/16/32; 512, 1024, 2048 channels).
 
-`fuse_for_inference(model)` folds every BatchNorm into the conv before it, for faster CPU inference.
+`normalize_pixels` turns raw pixels into the network's input; `fuse_for_inference(model)` folds every BatchNorm
+into the conv before it, for faster CPU inference.
 """
 import copy
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+
+def normalize_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,3,H,W) pixels, uint8 or float -> float32 (images - mean) / std with per-channel (3,) mean and std, in the
+    input's memory layout. Channels-last memory (a view of OpenCV's HWC images, or a channels_last batch) is
+    normalised as rows of W*3 values: a per-channel broadcast over it has an inner loop of 3 elements and measured
+    5x slower there (7 ms for a 1280 x 886 image on the CPU), as much as a tenth of a small detector's forward."""
+    batch, channels, height, width = images.shape
+    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+        rows = images.permute(0, 2, 3, 1).to(torch.float32, copy=True).view(batch, height, width * channels)
+        rows.sub_(mean.repeat(width))
+        if std is not None:
+            rows.div_(std.repeat(width))
+        return rows.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    out = images.to(torch.float32) - mean.view(1, -1, 1, 1)
+    return out if std is None else out / std.view(1, -1, 1, 1)
 
 
 def conv_bn(in_ch: int, out_ch: int, stride: int = 1, leaky: float = 0.0) -> nn.Sequential:

@@ -19,15 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v2
 
+from .backbones import normalize_pixels
+
 
 HEADS = {'hm': 1, 'wh': 2, 'off': 2, 'lm': 10}
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~ 0.1: a low initial face score everywhere (as CenterNet)
 # The size head starts at a typical training face (24 px), not at exp(0) * down = 4 px: Adam moves a bias by about
 # the LR per step, so from 0 it would take thousands of steps just to reach the sizes of ordinary faces.
 SIZE_PRIOR_PIXELS = 24.0
-# torchvision's ImageNet statistics are RGB; the input is BGR, so the buffers hold them in BGR order
-IMAGENET_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
-IMAGENET_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
+# torchvision's ImageNet statistics, in RGB order, for pixels 0..255
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # MobileNetV2 `features` indices that end each stride (4, 8, 16, 32); index 18 (1x1 conv to 1280) is not used
 STAGE_ENDS = {4: 4, 8: 7, 16: 14, 32: 18}
 
@@ -77,8 +79,8 @@ class CenterFace(nn.Module):
         self.down = down
         features = mobilenet_v2(weights=None, width_mult=width_mult).features
         self.body = features[:STAGE_ENDS[32]]  # keeps torchvision's indices 0..17 as keys
-        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN_BGR).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(IMAGENET_STD_BGR).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN_RGB), persistent=False)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD_RGB), persistent=False)
         self.taps = [STAGE_ENDS[s] for s in (4, 8, 16, 32) if s >= down]  # where each used level ends
         channels = [self.body[end - 1].out_channels for end in self.taps]
         self.neck = UpsampleNeck(channels, neck_channels)
@@ -87,8 +89,8 @@ class CenterFace(nn.Module):
                                     for name, out in HEADS.items()})
 
     def forward(self, images: torch.Tensor) -> dict:
-        x = (images.float() - self.mean) / self.std
-        x = x.flip(1)  # BGR -> RGB, the order torchvision's ImageNet weights expect
+        # BGR -> RGB, the order torchvision's ImageNet weights expect (flipping the small uint8 input is cheapest)
+        x = normalize_pixels(images.flip(1), self.mean, self.std)
         features, start = [], 0
         for end in self.taps:
             for index in range(start, end):

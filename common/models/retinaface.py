@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import MobileNetV1, ResNet50Body, conv_bn, conv_bn1x1, conv_bn_no_relu
+from .backbones import MobileNetV1, ResNet50Body, conv_bn, conv_bn1x1, conv_bn_no_relu, normalize_pixels
 
 # network name -> (backbone class, FPN/SSH/head width); the FPN inputs are the backbone's out_channels
 NETWORKS = {
@@ -94,12 +94,14 @@ class RetinaFace(nn.Module):
         self.BboxHead = nn.ModuleList(Head(width, 4) for _ in range(3))
         self.LandmarkHead = nn.ModuleList(Head(width, 10) for _ in range(3))
         # not persistent: the state dict keeps exactly the reference layout
-        self.register_buffer('mean', torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('mean', torch.tensor(BGR_MEAN), persistent=False)
 
     def forward(self, images: torch.Tensor):
         """images: (B,3,H,W) BGR 0..255 -> loc (B,P,4), class logits (B,P,2), landmarks (B,P,10)."""
-        # integer pixels become float in the subtraction itself (type promotion): one pass over the image
-        x = images - self.mean if not images.is_floating_point() else images.to(self.mean.dtype) - self.mean
+        return self.forward_normalized(normalize_pixels(images, self.mean))
+
+    def forward_normalized(self, x: torch.Tensor):
+        """The network on float images that already have the mean subtracted (the reference's input)."""
         features = self.fpn(self.body(x))
         features = [self.ssh1(features[0]), self.ssh2(features[1]), self.ssh3(features[2])]
         loc = torch.cat([head(f) for head, f in zip(self.BboxHead, features)], dim=1)
