@@ -98,6 +98,23 @@ def test_crop_keeps_faces_whose_centre_is_inside():
     assert len(seen_counts) > 1  # crops of different sizes keep different numbers of faces
 
 
+def test_crop_can_keep_whole_boxes_of_cut_faces():
+    """clip_boxes=False (CenterFace): the same crops, but a face the crop cuts keeps its full box, shifted."""
+    image = coordinate_image(240, 320)
+    _, target = marked_sample()
+    cut = 0
+    for seed in range(40):
+        clipped = random_square_crop(image, target, np.random.default_rng(seed))
+        whole = random_square_crop(image, target, np.random.default_rng(seed), clip_boxes=False)
+        left, top = where(whole[0][0, 0])
+        np.testing.assert_array_equal(clipped[0], whole[0])
+        kept = ((FACES[:, :2] + FACES[:, 2:]) / 2 > [left, top]).all(1)
+        kept &= ((FACES[:, :2] + FACES[:, 2:]) / 2 < [left + whole[0].shape[0], top + whole[0].shape[0]]).all(1)
+        np.testing.assert_allclose(whole[1]['boxes'], FACES[kept] - [left, top, left, top])
+        cut += int((clipped[1]['boxes'] != whole[1]['boxes']).any())
+    assert cut > 0  # some crops did cut a face
+
+
 def test_crop_falls_back_to_whole_image_and_handles_no_faces():
     rng = np.random.default_rng(0)
     image = np.zeros((100, 200, 3), np.uint8)
