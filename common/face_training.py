@@ -1,6 +1,6 @@
 """What the WIDER FACE detector scripts (finetune_retinaface.py, train_centernet.py) share around their own network
-and loss: the train split and its loader, the evaluation flags, the val evaluation run during training, and the
-`--evaluate --weights W` mode.
+and loss: the network set-up with --pretrained, the train split and its loader, the optimiser and LR-schedule flags,
+the evaluation flags, the val evaluation run during training, the `--evaluate --weights W` mode and results.json.
 
 `--data-root` holds train/ and val/ (label.txt + images/) and ground_truth/ (the official .mat files).
 """

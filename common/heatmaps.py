@@ -9,10 +9,8 @@ and the network is trained to output, at that one cell:
            IoU >= 0.7 with the true one), or a fixed sigma (grid cells) when one is given
     'off'  c - cell, the sub-cell centre offset in [0, 1) (x, y)
     'wh'   log(w / down), log(h / down) with w = x2 - x1, h = y2 - y1 in input pixels
-    'lm'   ((lx_k - cx) / w, (ly_k - cy) / h) for k = 1..5, cx, cy = the box centre in input pixels, i.e. each
-           landmark relative to the exact box centre in units of the box size, ordered lx1, ly1, .., lx5, ly5.
-           (The released CenterFace models measure landmarks from the box's top-left corner instead, which equals
-           ours + 0.5; ours is symmetric, so a horizontal flip just negates x.)
+    'lm'   ((lx_k - x1) / w, (ly_k - y1) / h) for k = 1..5: each landmark relative to the box's top-left corner in
+           units of the box size (the encoding the released CenterFace models use), ordered lx1, ly1, .., lx5, ly5
 Faces without landmarks train boxes only (`landmark_mask`). Regression targets are kept per sample, not as dense
 maps: the loss gathers the predictions at each sample's cell. Besides the centre cell, the cells near it where the
 face's Gaussian is high also regress the face (`reg_min`, weighted by the Gaussian, each face's weights summing to
@@ -20,8 +18,8 @@ face's Gaussian is high also regress the face (`reg_min`, weighted by the Gaussi
 those cells are heatmap peaks (1) as well: any of them may fire for the face, since each decodes to its box.
 
 Decoding inverts it: peaks of the sigmoid heatmap (equal to their 3x3 max-pool), the top-K per image, and for each
-centre = (cell + off) * down, size = exp(wh) * down, landmark = centre + lm * size; NMS and the score threshold
-follow in common.postprocess.
+centre = (cell + off) * down, size = exp(wh) * down, landmark = centre - size / 2 + lm * size; NMS and the score
+threshold follow in common.postprocess.
 """
 import math
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ class CenterTargets:
     cell: torch.Tensor           # (S,) long, y * W + x of the sample's cell
     offset: torch.Tensor         # (S,2) float, face centre - cell (x, y); in [0, 1) at the centre cell
     size: torch.Tensor           # (S,2) float, log(w / down), log(h / down)
-    landmarks: torch.Tensor      # (S,10) float, (l - centre) / (w, h), ordered x1, y1, .., x5, y5
+    landmarks: torch.Tensor      # (S,10) float, (l - top-left corner) / (w, h), ordered x1, y1, .., x5, y5
     landmark_mask: torch.Tensor  # (S,) bool, True where the face has landmarks
     weight: torch.Tensor         # (S,) float, Gaussian value of the cell, normalised to sum 1 over each face
     num_faces: int = 0
@@ -137,7 +135,7 @@ def build_targets(targets: list[dict], grid_hw, down: int = 4, sigma: float | No
     cell = flat % (height * width)
     xy = torch.stack([cell % width, cell // width], dim=1)
 
-    relative = (landmarks - centre_px[:, None, :]) / size_px[:, None, :]
+    relative = (landmarks - boxes[:, None, :2]) / size_px[:, None, :]
     relative = torch.where(valid[:, None, None], relative, torch.zeros_like(relative)).reshape(-1, 10)
     return CenterTargets(heatmap=heatmap.view(len(targets), 1, height, width), image=flat // (height * width),
                          cell=cell, offset=centre[face] - xy, size=torch.log(size_grid)[face],
@@ -169,5 +167,5 @@ def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: i
     centre = (xy + at_peaks('off')) * down
     size = torch.exp(at_peaks('wh').clamp(-10, 10)) * down             # clamp: no inf from an untrained net
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)
-    landmarks = centre[:, :, None, :] + at_peaks('lm').view(batch, -1, 5, 2) * size[:, :, None, :]
+    landmarks = boxes[:, :, None, :2] + at_peaks('lm').view(batch, -1, 5, 2) * size[:, :, None, :]
     return boxes, scores, landmarks

@@ -62,14 +62,15 @@ def test_encode_then_decode_recovers_boxes_and_landmarks():
 
 
 def test_targets_encoding_values():
-    """Offsets in [0,1), log sizes, landmarks relative to the centre in box units; landmark mask."""
+    """Offsets in [0,1), log sizes, landmarks relative to the top-left corner in box units; landmark mask."""
     targets = face_targets()
     encoded = build_targets(targets, (24, 32), down=DOWN, reg_min=1.0)   # centre cells only: one row per face
     box = targets[0]['boxes'][0]                                 # 10,12 .. 50,60: centre (30, 36) px = (7.5, 9)
     assert encoded.cell[0].item() == 9 * 32 + 7
     torch.testing.assert_close(encoded.offset[0], torch.tensor([0.5, 0.0]))
     torch.testing.assert_close(encoded.size[0], torch.log(torch.tensor([40.0, 48.0]) / DOWN))
-    torch.testing.assert_close(encoded.landmarks[0, :2], torch.tensor([-0.2, -0.1]), atol=1e-6, rtol=0)
+    # landmarks from the box's top-left corner in box units: the centre-relative (-0.2, -0.1) plus one half
+    torch.testing.assert_close(encoded.landmarks[0, :2], torch.tensor([0.3, 0.4]), atol=1e-6, rtol=0)
     assert encoded.landmark_mask.tolist() == [True, True, False, True, True, True]
     assert (encoded.landmarks[2] == 0).all()
     assert encoded.image.tolist() == [0, 0, 0, 0, 1, 1]
@@ -180,4 +181,4 @@ def test_decode_keeps_only_peaks_and_infers_the_stride():
     assert not torch.isclose(scores, torch.tensor(second)).any()  # (3,5) is suppressed by its stronger neighbour
     assert scores[0, 1:].max() < 1e-4                             # the flat background is all that is left
     torch.testing.assert_close(boxes[0, 0], torch.tensor([28.0, 20.0, 36.0, 28.0]))   # stride 8: centre (32, 24)
-    torch.testing.assert_close(landmarks[0, 0], torch.tensor([[32.0, 24.0]] * 5))
+    torch.testing.assert_close(landmarks[0, 0], torch.tensor([[28.0, 20.0]] * 5))   # lm 0: the top-left corner
