@@ -21,7 +21,7 @@ Single device:
     python train_centernet.py --data-root data/widerface
 From ImageNet weights (torchvision's MobileNetV2 file, e.g. mobilenet_v2-b0353104.pth):
     python train_centernet.py --data-root data/widerface --pretrained weights/mobilenet_v2-b0353104.pth
-Small synthetic run on a CPU (about 14 minutes on 2 cores; Easy AP about 0.9):
+Small synthetic run on a CPU (about 10 minutes on 2 cores; Easy AP about 0.9):
     python -m common.synthetic widerface --out data/synth --num-images 400 --seed 0
     python train_centernet.py --data-root data/synth --image-size 256 --epochs 20 --batch-size 16 --device cpu
 Several GPUs (batch size is per GPU):
