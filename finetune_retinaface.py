@@ -10,7 +10,8 @@ the official download with `python -m common.datasets prepare-widerface`, or mak
 Single device:
     python finetune_retinaface.py --data-root data/widerface --pretrained weights/mobilenetV1X0.25_pretrain.tar
 Finetune a trained Pytorch_Retinaface model for 10 epochs:
-    python finetune_retinaface.py --data-root data/widerface --pretrained mobilenet0.25_Final.pth --epochs 10 --warmup-epochs 1
+    python finetune_retinaface.py --data-root data/widerface --pretrained mobilenet0.25_Final.pth \
+        --epochs 10 --warmup-epochs 1
 Several GPUs (batch size is per GPU):
     torchrun --nproc_per_node=4 finetune_retinaface.py --data-root data/widerface --batch-size 8
 Resume a killed run (same flags plus --resume):

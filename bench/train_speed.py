@@ -51,7 +51,8 @@ def loss_function(name: str, size: int, device):
 
         def loss_fn(model, images, targets):
             loc, conf, landm = model(images)
-            return criterion((loc.float(), conf.float(), landm.float()), match(priors, targets, image_size=(size, size)))
+            matched = match(priors, targets, image_size=(size, size))
+            return criterion((loc.float(), conf.float(), landm.float()), matched)
         return loss_fn
     criterion = CenterNetLoss()
 

@@ -59,7 +59,8 @@ def test_sigkill_while_saving_never_leaves_a_broken_last_pt(tmp_path):
         i = 0
         while True:
             i += 1
-            save_checkpoint({{'model': {{'w': torch.full((4_000_000,), float(i))}}, 'epoch': i}}, {str(tmp_path)!r} + '/last.pt')
+            state = {{'model': {{'w': torch.full((4_000_000,), float(i))}}, 'epoch': i}}
+            save_checkpoint(state, {str(tmp_path)!r} + '/last.pt')
             print(i, flush=True)
     ''')
     for delay in (0.6, 0.9, 1.3, 1.7):

@@ -89,13 +89,14 @@ def test_evaluate_needs_existing_weights(tiny_wider, tmp_path, repo_root):
 
 
 def test_learns_synthetic_faces(tmp_path, repo_root):
-    """The README's quick-start training (200 synthetic images, 10 epochs at 320 px, from scratch) must find faces:
-    it measured Easy AP 0.40 on 2 CPU cores in about 90 s; an untrained network scores about 0.002."""
+    """The README's quick-start training (200 synthetic images, 20 epochs at 320 px, from scratch) must find faces:
+    it measured Easy AP 0.85 on 2 CPU cores in under 3 minutes; an untrained network scores about 0.002. (At 10
+    epochs it is still on the steep part of its curve, 0.30, too near any floor.)"""
     data = tmp_path / 'data'
     make_widerface(data, num_images=200, seed=0)
     out = tmp_path / 'learn'
-    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 320, '--epochs', 10, '--batch-size', 16,
+    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 320, '--epochs', 20, '--batch-size', 16,
                  '--workers', 1, '--device', 'cpu', '--seed', 0, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['easy'] >= 0.25, results
+    assert results['easy'] >= 0.6, results

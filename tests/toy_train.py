@@ -54,7 +54,8 @@ def main():
     def evaluate(model, epoch):
         data = ToyData()
         with torch.no_grad():
-            return {'val_mse': torch.nn.functional.mse_loss(model(data.x.to(rt.device)).squeeze(1).cpu(), data.y).item()}
+            prediction = model(data.x.to(rt.device)).squeeze(1).cpu()
+            return {'val_mse': torch.nn.functional.mse_loss(prediction, data.y).item()}
 
     final = engine.fit(rt=rt, model=model, train_loader=loader, loss_fn=loss_fn, optimizer=optimizer,
                        scheduler=scheduler, scaler=rt.grad_scaler(), arch={'name': 'toy'}, args=args,
