@@ -14,9 +14,8 @@ median over images x repeats is reported.
   torchvision NMS).
 - reference-style baseline, for RetinaFace weights: the reference implementation's steps, written here: the mean
   subtracted in NumPy, the plain (unfused) network on that float32 image, priors rebuilt per image by a Python loop
-  over the cells, decode in NumPy,
-  score filter, argsort, top-k, a greedy NMS loop in Python/NumPy (+1 pixel areas), keep top-k. The run also
-  checks that the two agree (matched boxes and landmarks in pixels, scores).
+  over the cells, decode in NumPy, score filter, argsort, top-k, a greedy NMS loop in Python/NumPy (+1 pixel
+  areas), keep top-k. The run also checks that the two agree (matched boxes and landmarks in pixels, scores).
 - compare: detect.py's pipeline for a second detector (--compare), at the same input size: e.g. CenterFace
   against RetinaFace MobileNet0.25.
 
@@ -167,6 +166,11 @@ def median_ms(values):
     return statistics.median(values) if values else float('nan')
 
 
+def arch_name(arch: dict) -> str:
+    """How a pipeline is labelled in the output, e.g. 'retinaface mobile0.25' or 'centerface 1.0'."""
+    return ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'width_mult'))
+
+
 def detector_pipeline(detector):
     """detect.py's per-image steps: read the file, then the FaceDetector (prepare, forward, decode, NMS)."""
     def run(path):
@@ -269,10 +273,6 @@ def main(args):
         label = 'speedup' if name == 'reference-style baseline' else 'ratio_compare_over_ours'
         print(f'{label}: {median_ms(totals[name]) / ours_ms:.2f}x  ({name} / {ours_name})')
     print(f'median_ms_per_image: {ours_ms:.1f}')
-
-
-def arch_name(arch: dict) -> str:
-    return ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'width_mult'))
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ import pytest
 import scipy.io
 
 from common.datasets import parse_retinaface_labels
-from common.synthetic import KINDS, draw_person, make_widerface
+from common.face_drawing import draw_person
+from common.synthetic import KINDS, make_widerface
 
 SETTINGS = ('easy', 'medium', 'hard')
 
