@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint
 from .models import build_model, fuse_for_inference
-from .postprocess import postprocess
+from .postprocess import postprocess, to_image_pixels
 
 RETINAFACE_NETWORKS = ('mobile0.25', 'resnet50')
 
@@ -102,10 +102,10 @@ class FaceDetector:
         self._synchronize()
         forwarded = time.perf_counter()
         boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:], self.pre_nms_top_k)
+        boxes, landmarks = to_image_pixels(boxes, landmarks, scales)  # NMS in each image's own pixels
         results = postprocess(boxes, scores, landmarks, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                               pre_nms_top_k=self.pre_nms_top_k, keep_top_k=self.keep_top_k)
-        results = [{k: (v.float() / s if k != 'scores' else v.float()).cpu().numpy() for k, v in r.items()}
-                   for r, s in zip(results, scales)]
+        results = [{k: v.float().cpu().numpy() for k, v in r.items()} for r in results]
         done = time.perf_counter()
         self.times = {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
                       'postprocess': (done - forwarded) * 1000}

@@ -2,7 +2,7 @@
 
 `decode_retinaface` turns RetinaFace's raw outputs into boxes (B,P,4) x1y1x2y2 and landmarks (B,P,5,2) in pixels of
 the network input plus face scores (B,P); `postprocess` is shared by every face detector and returns one dict of
-tensors per image; `scale_detections` maps them back to the original image when it was resized.
+tensors per image; `to_image_pixels` maps decoded outputs back to the original image before NMS when it was resized.
 Test-time defaults (the reference): score > 0.02, 5000 best before NMS, NMS IoU 0.4, keep 750.
 """
 import torch
@@ -68,16 +68,9 @@ def postprocess(boxes, scores, landmarks=None, conf_thres=0.02, nms_thres=0.4, p
     return [{'boxes': b, 'scores': s, 'landmarks': lm} for b, s, lm in zip(out_boxes, out_scores, out_landmarks)]
 
 
-def scale_detections(results, scales):
-    """Map per-image detections from network-input pixels back to original-image pixels: `scales` holds one factor
-    per image (input = original * scale), a number or an (sx, sy) pair. Returns new dicts."""
-    scaled = []
-    for result, scale in zip(results, scales):
-        sx, sy = (scale, scale) if isinstance(scale, (int, float)) else scale
-        out = dict(result)
-        factor = torch.tensor([sx, sy], dtype=torch.float32, device=result['boxes'].device)
-        out['boxes'] = result['boxes'] / factor.repeat(2)
-        if 'landmarks' in result:
-            out['landmarks'] = result['landmarks'] / factor
-        scaled.append(out)
-    return scaled
+def to_image_pixels(boxes, landmarks, scales):
+    """Decoded boxes (B,K,4) and landmarks (B,K,5,2) in network-input pixels -> each image's own pixels, where
+    `scales` holds one factor per image (input = original * scale). Done before NMS, as the reference does: its +1
+    pixel IoU depends on the pixel size, so NMS on resized images keeps other boxes otherwise."""
+    scales = torch.as_tensor(scales, dtype=torch.float32, device=boxes.device)
+    return boxes.float() / scales[:, None, None], landmarks.float() / scales[:, None, None, None]

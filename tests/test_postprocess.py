@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from common.anchors import boxes_cxcywh_to_xyxy, retinaface_priors
-from common.postprocess import decode_retinaface, postprocess, scale_detections
+from common.postprocess import decode_retinaface, postprocess, to_image_pixels
 
 
 def greedy_nms_plus_one(boxes, scores, threshold):
@@ -104,12 +104,9 @@ def test_decoding_only_the_top_k_gives_the_same_detections():
         torch.testing.assert_close(a, b)
 
 
-def test_scale_detections_back_to_original():
-    result = {'boxes': torch.tensor([[10., 20, 30, 40]]), 'scores': torch.tensor([0.9]),
-              'landmarks': torch.tensor([[[10., 20]] * 5])}
-    half, = scale_detections([result], [0.5])
-    assert torch.equal(half['boxes'], torch.tensor([[20., 40, 60, 80]]))
-    assert torch.equal(half['landmarks'][0, 0], torch.tensor([20., 40]))
-    assert torch.equal(half['scores'], result['scores'])
-    xy, = scale_detections([result], [(0.5, 2.0)])
-    assert torch.equal(xy['boxes'], torch.tensor([[20., 10, 60, 20]]))
+def test_decoded_outputs_back_to_each_images_pixels():
+    boxes = torch.tensor([[[10., 20, 30, 40]], [[10., 20, 30, 40]]])
+    landmarks = torch.tensor([[[[10., 20]] * 5], [[[10., 20]] * 5]])
+    boxes, landmarks = to_image_pixels(boxes, landmarks, [0.5, 2.0])
+    assert torch.equal(boxes, torch.tensor([[[20., 40, 60, 80]], [[5., 10, 15, 20]]]))
+    assert torch.equal(landmarks[:, 0, 0], torch.tensor([[20., 40], [5., 10]]))
