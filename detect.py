@@ -13,7 +13,8 @@ A video file, or webcam 0 for 300 frames (annotated video written to --out):
     python detect.py --weights W --source 0 --max-frames 300
 
 --save-txt writes <out>/<stem>.txt per image in the WIDER FACE prediction layout (image name, count, then one face
-per line, best first) with the five landmarks after the score: `x y w h score lx1 ly1 ... lx5 ly5`.
+per line, best first) with the five landmarks after the score: `x y w h score lx1 ly1 ... lx5 ly5`; an image
+without faces gets its file (count 0) and its drawn copy like any other.
 Images are read in a background thread, so the network never waits for the disk. On the CPU the network runs with
 BatchNorm folded into the convs and in channels_last layout (forward 1.5-2x faster than the plain model,
 measured on 1-2 CPU threads; `python bench/detect_speed.py` measures the whole pipeline).
@@ -29,7 +30,8 @@ import numpy as np
 
 from common import runtime
 from common.checkpoint import CheckpointError
-from common.detector import FaceDetector, is_image_file, load_detector_model
+from common.detector import RETINAFACE_NETWORKS, FaceDetector, is_image_file, load_detector_model
+from common.evaluation.widerface import write_prediction_file
 from common.visualize import draw_detections
 
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv'}
@@ -41,7 +43,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     g = parser.add_argument_group('model')
     g.add_argument('--weights', required=True, help='our checkpoint, or a Pytorch_Retinaface state dict')
-    g.add_argument('--network', default=None, choices=['mobile0.25', 'resnet50'],
+    g.add_argument('--network', default=None, choices=list(RETINAFACE_NETWORKS),
                    help='backbone of a Pytorch_Retinaface state dict (our checkpoints carry their own)')
     g = parser.add_argument_group('data')
     g.add_argument('--source', required=True, help='image, folder of images, video file, or webcam index (0)')
@@ -51,8 +53,8 @@ def parse_args(argv=None):
     g = parser.add_argument_group('detection')
     g.add_argument('--conf-thres', type=float, default=0.5, help='keep faces scoring above this')
     g.add_argument('--nms-thres', type=float, default=0.4, help='NMS IoU threshold')
-    g.add_argument('--pre-nms-top-k', type=int, default=5000, help='best candidates per image entering NMS')
-    g.add_argument('--keep-top-k', type=int, default=750, help='most faces kept per image')
+    g.add_argument('--top-k', type=int, default=5000, help='best candidates per image entering NMS (0: all)')
+    g.add_argument('--keep-top-k', type=int, default=750, help='most faces kept per image (0: all)')
     g = parser.add_argument_group('run')
     g.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
     g.add_argument('--out', default='runs/detect', help='folder for annotated images / video and txt results')
@@ -151,19 +153,6 @@ def batches(frames, batch_size: int, on_skip):
         yield batch
 
 
-# ------------------------------------------------------------------------------------------------------ outputs
-
-def wider_txt(name: str, result: dict) -> str:
-    """The WIDER FACE prediction layout (name, count, `x y w h score`) with `lx1 ly1 .. lx5 ly5` after the score."""
-    boxes, scores = result['boxes'], result['scores']
-    columns = [boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores[:, None]]
-    if 'landmarks' in result:
-        columns.append(result['landmarks'].reshape(len(boxes), -1))
-    table = np.concatenate(columns, axis=1) if len(boxes) else np.zeros((0, 5))
-    lines = [' '.join(f'{v:.5f}' if j == 4 else f'{v:.1f}' for j, v in enumerate(row)) for row in table]
-    return '\n'.join([name, str(len(boxes)), *lines]) + '\n'
-
-
 # ------------------------------------------------------------------------------------------------------ pipeline
 
 def build_detector(weights, network, device, *, conf_thres=0.5, nms_thres=0.4, pre_nms_top_k=5000, keep_top_k=750,
@@ -186,7 +175,7 @@ def main(args):
     device = runtime.select_device(args.device)
     try:
         detector = build_detector(weights, args.network, device, conf_thres=args.conf_thres,
-                                  nms_thres=args.nms_thres, pre_nms_top_k=args.pre_nms_top_k,
+                                  nms_thres=args.nms_thres, pre_nms_top_k=args.top_k,
                                   keep_top_k=args.keep_top_k, max_size=args.max_size)
     except CheckpointError as e:
         runtime.fail(f'--weights: {e}')
@@ -222,8 +211,9 @@ def main(args):
             times = detector.times
             start = time.perf_counter()
             for name, image, result in zip(names, images, results):
-                if args.save_txt:
-                    (out / f'{Path(name).stem}.txt').write_text(wider_txt(name, result))
+                if args.save_txt:  # every image gets its file, with 0 faces too
+                    write_prediction_file(out / f'{Path(name).stem}.txt', name, result['boxes'], result['scores'],
+                                          result.get('landmarks'))
                 if not args.no_save:
                     drawn = draw_detections(image, result['boxes'], result['scores'], result.get('landmarks'))
                     if kind == 'images':

@@ -2,7 +2,8 @@
 report the official WIDER FACE Easy / Medium / Hard AP.
 
 The recipe is Pytorch_Retinaface's (SGD, momentum 0.9, weight decay 5e-4, 640 px crops, matching at IoU 0.35,
-7:1 hard negatives, loss = 2 loc + cls + landmarks) with the MindFace finetune tutorial's warm-up.
+7:1 hard negatives, loss = 2 loc + cls + landmarks) with the MindFace finetune tutorial's warm-up. Evaluation follows
+Pytorch_Retinaface's test_widerface.py: original size, score > 0.02, NMS 0.4, no top-k caps, integer boxes.
 `--data-root` holds train/, val/ (label.txt + images/) and ground_truth/ (the official .mat files); build it from
 the official download with `python -m common.datasets prepare-widerface`, or make a synthetic one with
 `python -m common.synthetic widerface --out data/synth`.
@@ -10,7 +11,7 @@ the official download with `python -m common.datasets prepare-widerface`, or mak
 Single device:
     python finetune_retinaface.py --data-root data/widerface --pretrained weights/mobilenetV1X0.25_pretrain.tar
 Finetune a trained Pytorch_Retinaface model for 10 epochs:
-    python finetune_retinaface.py --data-root data/widerface --pretrained mobilenet0.25_Final.pth \
+    python finetune_retinaface.py --data-root data/widerface --pretrained mobilenet0.25_Final.pth \\
         --epochs 10 --warmup-epochs 1
 Several GPUs (batch size is per GPU):
     torchrun --nproc_per_node=4 finetune_retinaface.py --data-root data/widerface --batch-size 8
@@ -20,10 +21,24 @@ Evaluation only (original size, or --test-size 1600 --max-size 2150):
     python finetune_retinaface.py --data-root data/widerface --evaluate --weights runs/retinaface/best.pt
 """
 import argparse
+import time
+from pathlib import Path
 
-from common import face_training, runtime
+import torch
+
+from common import runtime
 from common.anchors import match, retinaface_priors
+from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
+from common.datasets import LabelFormatError, WiderFaceDataset, detection_collate
+from common.detector import FaceDetector, load_detector_model
+from common.evaluation.widerface_run import evaluate_detector
+from common.loaders import make_loader, to_device
 from common.losses import MultiBoxLoss
+from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
+from common.models import load_pretrained
+from common.models.retinaface import NETWORKS, RetinaFace
+from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
+from common.transforms import TrainTransform
 
 
 def parse_args(argv=None):
@@ -31,42 +46,168 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     groups = runtime.add_shared_flags(parser, data_root='data/widerface', out='runs/retinaface', epochs=250,
                                       batch_size=32, lr=1e-2, workers=4, eval_every=10, save_every=10)
-    groups['data'].add_argument('--image-size', type=int, default=640, help='square training crop size')
-    groups['model'].add_argument('--network', default='mobile0.25', choices=['mobile0.25', 'resnet50'])
-    # SGD with weight decay 5e-4 (Pytorch_Retinaface), 5 warm-up epochs (MindFace), x0.1 at 190 and 220 of 250 epochs
-    face_training.add_optimisation_flags(groups['optimisation'], optimizer='sgd', weight_decay=5e-4, warmup_epochs=5,
-                                         default_steps=(0.76, 0.88))
-    face_training.add_evaluation_flags(groups['run'])
+    g = groups['data']
+    g.add_argument('--image-size', type=int, default=640, help='square training crop size')
+    g = groups['model']
+    g.add_argument('--network', default='mobile0.25', choices=list(NETWORKS))
+    g = groups['optimisation']
+    g.add_argument('--optimizer', default='sgd', choices=['sgd', 'adam', 'adamw'])
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--weight-decay', type=float, default=5e-4)
+    g.add_argument('--warmup-epochs', type=float, default=5, help='linear LR warm-up from 0 (MindFace: 5)')
+    g.add_argument('--lr-steps', type=float, nargs='*', default=None,
+                   help='epochs where the LR drops x0.1 (default: 76%% and 88%% of --epochs, as 190 and 220 of 250)')
+    g.add_argument('--schedule', default='step', choices=['step', 'cosine', 'constant'])
+    g.add_argument('--overlap', type=float, default=0.35, help='prior-face IoU that makes a prior a face')
+    g.add_argument('--neg-pos-ratio', type=float, default=7, help='hard negatives per positive in the class loss')
+    g.add_argument('--loc-weight', type=float, default=2.0, help='weight of the box loss')
+    g = groups['run']
+    g.add_argument('--evaluate', action='store_true', help='only evaluate --weights on val and exit')
+    g.add_argument('--weights', default=None, help='model to evaluate: ours, or a Pytorch_Retinaface state dict')
+    g.add_argument('--conf-thres', type=float, default=0.02, help='evaluation score threshold')
+    g.add_argument('--nms-thres', type=float, default=0.4, help='evaluation NMS IoU threshold')
+    g.add_argument('--top-k', type=int, default=None, help='cap candidates before NMS (default and 0: none)')
+    g.add_argument('--keep-top-k', type=int, default=None, help='cap faces per image after NMS (default and 0: none)')
+    g.add_argument('--test-size', type=int, default=None, help='evaluate with the short side resized to this')
+    g.add_argument('--max-size', type=int, default=None, help='evaluate with the long side capped at this')
+    g.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
     return parser.parse_args(argv)
 
 
+def evaluate(model, arch, args, rt):
+    """Official WIDER FACE AP on --data-root/val; predictions in OUT/predictions/<event>/<name>.txt."""
+    detector = FaceDetector(model.eval(), arch, rt.device, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
+                            pre_nms_top_k=args.top_k, keep_top_k=args.keep_top_k, test_size=args.test_size,
+                            max_size=args.max_size)
+    root = Path(args.data_root)
+    return evaluate_detector(detector, root / 'val', root / 'ground_truth', args.out,
+                             batch_size=args.eval_batch_size, workers=min(args.workers, 2), log=rt.print)
+
+
 def main(args):
+    # ------------------------------------------------------------ set-up
     rt = runtime.setup(args)
     runtime.require_path(args.data_root, '--data-root', 'dataset folder')
-    if args.evaluate:  # evaluation only: --weights is ours, or a Pytorch_Retinaface state dict of --network
-        return face_training.evaluate_weights(args, rt, network=args.network)
+    out = Path(args.out)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / 'args.json', plain_args(args))
+    if args.evaluate:  # --weights is ours (the network is rebuilt from its arch) or a Pytorch_Retinaface state dict
+        if not args.weights:
+            runtime.fail('--evaluate needs --weights W (our checkpoint or a Pytorch_Retinaface state dict)')
+        weights = runtime.require_path(args.weights, '--weights', 'model file')
+        try:
+            model, arch = load_detector_model(weights, args.network, rt.device)
+        except CheckpointError as e:
+            runtime.fail(f'--weights: {e}')
+        results = evaluate(model, arch, args, rt)
+        write_json(out / 'results.json', results)
+        return results
 
-    # ------------------------------------------------------------ data
-    train_loader = face_training.train_loader(args, rt)
+    # ------------------------------------------------------------ data: WIDER FACE train split, augmented
+    try:
+        train_set = WiderFaceDataset(Path(args.data_root) / 'train', TrainTransform(args.image_size),
+                                     verbose=rt.is_main, seed=args.seed)
+    except (FileNotFoundError, LabelFormatError) as e:
+        runtime.fail(str(e))
+    train_loader = make_loader(train_set, batch_size=args.batch_size, rt=rt, train=True, workers=args.workers,
+                               collate_fn=detection_collate, seed=args.seed)
+    if len(train_loader) == 0:
+        runtime.fail(f'--batch-size {args.batch_size}: more than the {len(train_set)} training images per process')
 
-    # ------------------------------------------------------------ network
+    # ------------------------------------------------------------ network, from --pretrained weights
     arch = {'name': 'retinaface', 'network': args.network}
-    model = face_training.network(args, rt, arch)  # --pretrained loaded, on the device, DDP under torchrun
+    model = RetinaFace(args.network)
+    if args.pretrained and not args.resume:  # a backbone (ImageNet) or a whole detector (ours, Pytorch_Retinaface)
+        try:
+            rt.print(load_pretrained(model, runtime.require_path(args.pretrained, '--pretrained', 'weights file')))
+        except CheckpointError as e:
+            runtime.fail(f'--pretrained: {e}')
+    model = rt.wrap(model)  # on the device, channels_last on the CPU, DistributedDataParallel under torchrun
 
-    # ------------------------------------------------------------ loss and optimiser
+    # ------------------------------------------------------------ targets and loss
     priors = retinaface_priors(args.image_size, args.image_size, device=rt.device)
-    criterion = MultiBoxLoss(neg_pos_ratio=7)
+    criterion = MultiBoxLoss(neg_pos_ratio=args.neg_pos_ratio, loc_weight=args.loc_weight)
 
-    def loss_fn(model, images, targets):
-        loc, conf, landm = model(images)
-        matched = match(priors, targets, image_size=(args.image_size, args.image_size))
-        return criterion((loc.float(), conf.float(), landm.float()), matched)
+    # ------------------------------------------------------------ optimiser and LR schedule (stepped every iteration)
+    optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    lr_steps = args.lr_steps if args.lr_steps is not None else [round(0.76 * args.epochs), round(0.88 * args.epochs)]
+    scheduler = build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
+                                warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
+                                per='epoch')
+    scaler = rt.grad_scaler()
 
-    optimizer, scheduler = face_training.optimizer_and_scheduler(model, args, len(train_loader))
+    # ------------------------------------------------------------ resume: weights, optimiser, schedule, RNG, metrics
+    checkpoints = CheckpointManager(out, keep=args.keep, save_every=args.save_every)
+    log, start_epoch, best = MetricsLog(out), 1, None
+    if args.resume:
+        try:
+            state = resume_training(checkpoints.last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    scaler=scaler, device=rt.device)
+        except CheckpointError as e:
+            runtime.fail(f'--resume: {e}')
+        start_epoch, best, log.rows = state['epoch'] + 1, state.get('best'), list(state.get('metrics') or [])
+        rt.print(f'resumed from {checkpoints.last} at epoch {state["epoch"]}/{args.epochs}')
 
-    # ------------------------------------------------------------ train loop, checkpoints, evaluation
-    return face_training.fit(args, rt, model=model, arch=arch, train_loader=train_loader, loss_fn=loss_fn,
-                             optimizer=optimizer, scheduler=scheduler, loss_keys=['loss', 'loc', 'cls', 'landm'])
+    # ------------------------------------------------------------ train
+    guard = NonFiniteGuard()
+    for epoch in range(start_epoch, args.epochs + 1):
+        model.train()
+        train_set.set_epoch(epoch)  # augmentations: a function of (seed, epoch, image)
+        train_loader.sampler.set_epoch(epoch)  # shuffle order: a function of (seed, epoch)
+        meter, lr, started = LossMeter(), optimizer.param_groups[0]['lr'], time.perf_counter()
+        bar = progress_bar(train_loader, f'epoch {epoch}/{args.epochs}', rt)
+        try:
+            for images, targets in bar:
+                images = images.to(rt.device, non_blocking=True, memory_format=rt.memory_format)
+                targets = to_device(targets, rt.device)
+                with rt.autocast():
+                    loc, conf, landm = model(images)
+                matched = match(priors, targets, threshold=args.overlap, image_size=images.shape[-2:])
+                loss, parts = criterion((loc.float(), conf.float(), landm.float()), matched)
+                optimizer.zero_grad(set_to_none=True)
+                if not guard.check(loss, rt):  # NaN or inf: skip the step (on every process), keep the schedule
+                    scheduler.step()
+                    continue
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                meter.add(loss, parts, len(images))
+                bar.set_postfix(meter.postfix(), refresh=False)
+        except torch.cuda.OutOfMemoryError:
+            runtime.fail(f'CUDA out of memory at --batch-size {args.batch_size}: lower it (or --image-size)', 1)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        row = {'epoch': epoch, 'lr': lr, **meter.means(rt), 'images_per_s': meter.samples * rt.world_size / elapsed,
+               'skipped_steps': guard.skipped}
+
+        # ------------------------------------------------------------ evaluate, log, save (rank 0)
+        if (args.eval_every > 0 and epoch % args.eval_every == 0) or epoch == args.epochs:
+            if rt.is_main:
+                row.update(evaluate(unwrap(model), arch, args, rt))
+            rt.barrier()
+        row['epoch_time_s'] = time.perf_counter() - started
+        log.append(row)
+        is_best = 'easy' in row and (best is None or row['easy'] > best)
+        best = row['easy'] if is_best else best
+        if rt.is_main:
+            checkpoints.save({'model': unwrap(model).state_dict(), 'arch': arch, 'optimizer': optimizer.state_dict(),
+                              'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'epoch': epoch,
+                              'step': scheduler.last_epoch, 'args': plain_args(args), 'metrics': log.rows,
+                              'best': best, 'rng': rng_states()}, epoch, is_best=is_best)
+            log.write()
+            log.plot(['loss', 'loc', 'cls', 'landm'], ['easy', 'medium', 'hard'])
+            rt.print(summary_line(row, args.epochs))
+        rt.barrier()
+
+    # ------------------------------------------------------------ results: the last evaluation
+    results = {k: log.rows[-1][k] for k in ('easy', 'medium', 'hard') if log.rows and k in log.rows[-1]}
+    if rt.is_main:
+        write_json(out / 'results.json', results)
+        rt.print(f'results: {results} -> {out / "results.json"}')
+    rt.close()
+    return results
 
 
 if __name__ == '__main__':

@@ -28,23 +28,37 @@ Several GPUs (batch size is per GPU):
     torchrun --nproc_per_node=4 train_centernet.py --data-root data/widerface --batch-size 24
 Resume a killed run (same flags plus --resume):
     python train_centernet.py --data-root data/widerface --resume
-Evaluation only (original size; writes OUT/predictions/<event>/<name>.txt and OUT/results.json):
-    python train_centernet.py --data-root data/widerface --evaluate --weights runs/centernet/best.pt
+Evaluation only (original size, score > 0.02, NMS 0.4, no top-k caps, as the RetinaFace script; writes
+OUT/predictions/<event>/<name>.txt and OUT/results.json):
+    python train_centernet.py --data-root data/widerface --evaluate --weights runs/centerface/best.pt
 Detection on photos with the trained checkpoint:
-    python detect.py --weights runs/centernet/best.pt --source photos/
+    python detect.py --weights runs/centerface/best.pt --source photos/
 """
 import argparse
+import time
+from pathlib import Path
 
-from common import face_training, runtime
+import torch
+
+from common import runtime
+from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
+from common.datasets import LabelFormatError, WiderFaceDataset, detection_collate
+from common.detector import FaceDetector, load_detector_model
+from common.evaluation.widerface_run import evaluate_detector
 from common.heatmaps import build_targets
+from common.loaders import make_loader, to_device
 from common.losses import CenterNetLoss
+from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
+from common.models import load_pretrained
+from common.models.centerface import CenterFace
+from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
 from common.transforms import TrainTransform
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    groups = runtime.add_shared_flags(parser, data_root='data/widerface', out='runs/centernet', epochs=50,
+    groups = runtime.add_shared_flags(parser, data_root='data/widerface', out='runs/centerface', epochs=50,
                                       batch_size=24, lr=4e-3, workers=4, eval_every=10, save_every=10)
     g = groups['data']
     g.add_argument('--image-size', type=int, default=800, help='square training input (the tutorial: 800)')
@@ -54,8 +68,13 @@ def parse_args(argv=None):
     g.add_argument('--head-conv', type=int, default=24, help='channels of each head\'s 3x3 conv')
     g.add_argument('--down', type=int, default=4, choices=[4, 8], help='output stride of the heatmaps')
     g = groups['optimisation']
-    face_training.add_optimisation_flags(g, optimizer='adam', weight_decay=0.0, warmup_epochs=1,
-                                         default_steps=(0.7, 0.9))
+    g.add_argument('--optimizer', default='adam', choices=['sgd', 'adam', 'adamw'])
+    g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    g.add_argument('--weight-decay', type=float, default=0.0)
+    g.add_argument('--warmup-epochs', type=float, default=1, help='linear LR warm-up from 0')
+    g.add_argument('--lr-steps', type=float, nargs='*', default=None,
+                   help='epochs where the LR drops x0.1 (default: 70%% and 90%% of --epochs)')
+    g.add_argument('--schedule', default='step', choices=['step', 'cosine', 'constant'])
     g.add_argument('--hm-loss', default='focal', choices=['focal', 'mse'],
                    help='heatmap loss: CenterNet focal loss, or the tutorial\'s MSE')
     g.add_argument('--sigma', type=float, default=None,
@@ -70,41 +89,159 @@ def parse_args(argv=None):
     g.add_argument('--wh-weight', type=float, default=1.0, help='weight of the log box size loss (the tutorial: 0.1)')
     g.add_argument('--lm-weight', type=float, default=0.1)
     g.add_argument('--grad-clip', type=float, default=0.0, help='clip the gradient norm (0: off)')
-    face_training.add_evaluation_flags(groups['run'])
+    g = groups['run']
+    g.add_argument('--evaluate', action='store_true', help='only evaluate --weights on val and exit')
+    g.add_argument('--weights', default=None, help='model to evaluate with --evaluate')
+    g.add_argument('--conf-thres', type=float, default=0.02, help='evaluation score threshold')
+    g.add_argument('--nms-thres', type=float, default=0.4, help='evaluation NMS IoU threshold')
+    g.add_argument('--top-k', type=int, default=None, help='cap candidates before NMS (default and 0: none)')
+    g.add_argument('--keep-top-k', type=int, default=None, help='cap faces per image after NMS (default and 0: none)')
+    g.add_argument('--test-size', type=int, default=None, help='evaluate with the short side resized to this')
+    g.add_argument('--max-size', type=int, default=None, help='evaluate with the long side capped at this')
+    g.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
     return parser.parse_args(argv)
 
 
+def evaluate(model, arch, args, rt):
+    """Official WIDER FACE AP on --data-root/val; predictions in OUT/predictions/<event>/<name>.txt."""
+    detector = FaceDetector(model.eval(), arch, rt.device, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
+                            pre_nms_top_k=args.top_k, keep_top_k=args.keep_top_k, test_size=args.test_size,
+                            max_size=args.max_size)
+    root = Path(args.data_root)
+    return evaluate_detector(detector, root / 'val', root / 'ground_truth', args.out,
+                             batch_size=args.eval_batch_size, workers=min(args.workers, 2), log=rt.print)
+
+
 def main(args):
+    # ------------------------------------------------------------ set-up
     rt = runtime.setup(args)
     runtime.require_path(args.data_root, '--data-root', 'dataset folder')
-    if args.evaluate:  # evaluation only: the network is rebuilt from the checkpoint's arch
-        return face_training.evaluate_weights(args, rt)
+    out = Path(args.out)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / 'args.json', plain_args(args))
+    if args.evaluate:  # the network is rebuilt from the checkpoint's arch
+        if not args.weights:
+            runtime.fail('--evaluate needs --weights W')
+        weights = runtime.require_path(args.weights, '--weights', 'model file')
+        try:
+            model, arch = load_detector_model(weights, None, rt.device)
+        except CheckpointError as e:
+            runtime.fail(f'--weights: {e}')
+        results = evaluate(model, arch, args, rt)
+        write_json(out / 'results.json', results)
+        return results
 
-    # ------------------------------------------------------------ data
+    # ------------------------------------------------------------ data: WIDER FACE train split, augmented
     # whole boxes of faces the crop cuts: the size head must learn faces larger than the training input
-    train_loader = face_training.train_loader(args, rt, TrainTransform(args.image_size, clip_boxes=False))
+    try:
+        train_set = WiderFaceDataset(Path(args.data_root) / 'train', TrainTransform(args.image_size, clip_boxes=False),
+                                     verbose=rt.is_main, seed=args.seed)
+    except (FileNotFoundError, LabelFormatError) as e:
+        runtime.fail(str(e))
+    train_loader = make_loader(train_set, batch_size=args.batch_size, rt=rt, train=True, workers=args.workers,
+                               collate_fn=detection_collate, seed=args.seed)
+    if len(train_loader) == 0:
+        runtime.fail(f'--batch-size {args.batch_size}: more than the {len(train_set)} training images per process')
 
-    # ------------------------------------------------------------ network
+    # ------------------------------------------------------------ network, from --pretrained weights
     arch = {'name': 'centerface', 'width_mult': args.width_mult, 'neck_channels': args.neck_channels,
             'head_conv': args.head_conv, 'down': args.down}
-    model = face_training.network(args, rt, arch)  # --pretrained loaded, on the device, DDP under torchrun
+    model = CenterFace(args.width_mult, args.neck_channels, args.head_conv, args.down)
+    if args.pretrained and not args.resume:  # torchvision's ImageNet MobileNetV2, or a whole CenterFace of ours
+        try:
+            rt.print(load_pretrained(model, runtime.require_path(args.pretrained, '--pretrained', 'weights file')))
+        except CheckpointError as e:
+            runtime.fail(f'--pretrained: {e}')
+    model = rt.wrap(model)  # on the device, channels_last on the CPU, DistributedDataParallel under torchrun
 
-    # ------------------------------------------------------------ loss and optimiser
+    # ------------------------------------------------------------ targets (common/heatmaps.py) and loss
     criterion = CenterNetLoss(hm_loss=args.hm_loss, hm_weight=args.hm_weight, off_weight=args.off_weight,
                               wh_weight=args.wh_weight, lm_weight=args.lm_weight)
 
-    def loss_fn(model, images, targets):
-        outputs = model(images)
-        encoded = build_targets(targets, outputs['hm'].shape[-2:], down=args.down, sigma=args.sigma,
-                                reg_min=args.reg_min, pos_min=args.pos_min)
-        return criterion(outputs, encoded)
+    # ------------------------------------------------------------ optimiser and LR schedule (stepped every iteration)
+    optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    lr_steps = args.lr_steps if args.lr_steps is not None else [round(0.7 * args.epochs), round(0.9 * args.epochs)]
+    scheduler = build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
+                                warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
+                                per='epoch')
+    scaler = rt.grad_scaler()
 
-    optimizer, scheduler = face_training.optimizer_and_scheduler(model, args, len(train_loader))
+    # ------------------------------------------------------------ resume: weights, optimiser, schedule, RNG, metrics
+    checkpoints = CheckpointManager(out, keep=args.keep, save_every=args.save_every)
+    log, start_epoch, best = MetricsLog(out), 1, None
+    if args.resume:
+        try:
+            state = resume_training(checkpoints.last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    scaler=scaler, device=rt.device)
+        except CheckpointError as e:
+            runtime.fail(f'--resume: {e}')
+        start_epoch, best, log.rows = state['epoch'] + 1, state.get('best'), list(state.get('metrics') or [])
+        rt.print(f'resumed from {checkpoints.last} at epoch {state["epoch"]}/{args.epochs}')
 
-    # ------------------------------------------------------------ train loop, checkpoints, evaluation
-    return face_training.fit(args, rt, model=model, arch=arch, train_loader=train_loader, loss_fn=loss_fn,
-                             optimizer=optimizer, scheduler=scheduler, loss_keys=['loss', 'hm', 'off', 'wh', 'lm'],
-                             grad_clip=args.grad_clip)
+    # ------------------------------------------------------------ train
+    guard = NonFiniteGuard()
+    for epoch in range(start_epoch, args.epochs + 1):
+        model.train()
+        train_set.set_epoch(epoch)  # augmentations: a function of (seed, epoch, image)
+        train_loader.sampler.set_epoch(epoch)  # shuffle order: a function of (seed, epoch)
+        meter, lr, started = LossMeter(), optimizer.param_groups[0]['lr'], time.perf_counter()
+        bar = progress_bar(train_loader, f'epoch {epoch}/{args.epochs}', rt)
+        try:
+            for images, targets in bar:
+                images = images.to(rt.device, non_blocking=True, memory_format=rt.memory_format)
+                targets = to_device(targets, rt.device)
+                with rt.autocast():
+                    outputs = model(images)
+                encoded = build_targets(targets, outputs['hm'].shape[-2:], down=args.down, sigma=args.sigma,
+                                        reg_min=args.reg_min, pos_min=args.pos_min)
+                loss, parts = criterion(outputs, encoded)
+                optimizer.zero_grad(set_to_none=True)
+                if not guard.check(loss, rt):  # NaN or inf: skip the step (on every process), keep the schedule
+                    scheduler.step()
+                    continue
+                scaler.scale(loss).backward()
+                if args.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                meter.add(loss, parts, len(images))
+                bar.set_postfix(meter.postfix(), refresh=False)
+        except torch.cuda.OutOfMemoryError:
+            runtime.fail(f'CUDA out of memory at --batch-size {args.batch_size}: lower it (or --image-size)', 1)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        row = {'epoch': epoch, 'lr': lr, **meter.means(rt), 'images_per_s': meter.samples * rt.world_size / elapsed,
+               'skipped_steps': guard.skipped}
+
+        # ------------------------------------------------------------ evaluate, log, save (rank 0)
+        if (args.eval_every > 0 and epoch % args.eval_every == 0) or epoch == args.epochs:
+            if rt.is_main:
+                row.update(evaluate(unwrap(model), arch, args, rt))
+            rt.barrier()
+        row['epoch_time_s'] = time.perf_counter() - started
+        log.append(row)
+        is_best = 'easy' in row and (best is None or row['easy'] > best)
+        best = row['easy'] if is_best else best
+        if rt.is_main:
+            checkpoints.save({'model': unwrap(model).state_dict(), 'arch': arch, 'optimizer': optimizer.state_dict(),
+                              'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'epoch': epoch,
+                              'step': scheduler.last_epoch, 'args': plain_args(args), 'metrics': log.rows,
+                              'best': best, 'rng': rng_states()}, epoch, is_best=is_best)
+            log.write()
+            log.plot(['loss', 'hm', 'off', 'wh', 'lm'], ['easy', 'medium', 'hard'])
+            rt.print(summary_line(row, args.epochs))
+        rt.barrier()
+
+    # ------------------------------------------------------------ results: the last evaluation
+    results = {k: log.rows[-1][k] for k in ('easy', 'medium', 'hard') if log.rows and k in log.rows[-1]}
+    if rt.is_main:
+        write_json(out / 'results.json', results)
+        rt.print(f'results: {results} -> {out / "results.json"}')
+    rt.close()
+    return results
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 
     python bench/detect_speed.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth \
         --network mobile0.25 --source ../shared/data/photos --device cpu [--max-size S] [--repeats R] [--threads T]
-    python bench/detect_speed.py --weights runs/centernet/best.pt --compare \
+    python bench/detect_speed.py --weights runs/centerface/best.pt --compare \
         ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --compare-network mobile0.25 \
         --source ../shared/data/photos --device cpu --max-size 640
 

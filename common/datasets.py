@@ -51,12 +51,6 @@ class LabelRecord:
                 'landmark_valid': self.landmark_valid.copy(), 'name': self.name}
 
 
-def empty_target() -> dict:
-    """The annotation of an image without faces."""
-    return {'boxes': np.zeros((0, 4), np.float32), 'landmarks': np.zeros((0, 5, 2), np.float32),
-            'landmark_valid': np.zeros(0, bool)}
-
-
 def _bad_number_message(tokens: list[str]) -> str:
     bad = next(t for t in tokens if not _is_number(t))
     return f'{FACE_LINE_HELP}, got non-number {bad!r}'
@@ -157,12 +151,15 @@ class WiderFaceDataset(torch.utils.data.Dataset):
 
     The constructor checks every listed image (missing or undecodable ones are named, skipped and counted) and
     prints one summary line. `dataset[i]` is `(image BGR uint8 HxWx3, target)` where target is the annotation dict
-    plus 'name', passed through `transform(image, target)` when given.
+    plus 'name', passed through `transform(image, target, rng)` when given. `rng` is a numpy Generator seeded with
+    (seed, epoch, i): the augmentation of a sample depends only on those, never on the worker that loads it, so a
+    resumed run (or one with another --workers) draws the same. Call `set_epoch(epoch)` before each epoch.
     """
 
-    def __init__(self, split_dir, transform=None, verbose: bool = True, scan_threads: int = 8):
+    def __init__(self, split_dir, transform=None, verbose: bool = True, scan_threads: int = 8, seed: int = 0):
         self.split_dir = Path(split_dir)
         self.transform = transform
+        self.seed, self.epoch = seed, 0
         if not self.split_dir.is_dir():
             raise FileNotFoundError(f'WIDER FACE split folder not found: {self.split_dir}')
         label_path = self.split_dir / 'label.txt'
@@ -179,6 +176,9 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         self.dropped_boxes = sum(r.dropped for r in records)
         if verbose:
             print(self.summary())
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
 
     def image_path(self, name: str) -> Path:
         return self.split_dir / 'images' / name
@@ -206,7 +206,7 @@ class WiderFaceDataset(torch.utils.data.Dataset):
             raise OSError(f'cannot read image {path} (it was readable when the dataset was scanned)')
         target = record.target()
         if self.transform is not None:
-            image, target = self.transform(image, target)
+            image, target = self.transform(image, target, np.random.default_rng([self.seed, self.epoch, index]))
         return image, target
 
 

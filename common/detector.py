@@ -12,18 +12,18 @@ import torch
 
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint
 from .models import build_model, fuse_for_inference
+from .models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 from .postprocess import postprocess, to_image_pixels
-
-RETINAFACE_NETWORKS = ('mobile0.25', 'resnet50')
 
 
 def resize_scale(height: int, width: int, *, max_size: int | None = None, test_size: int | None = None) -> float:
     """Scale factor for one image: 1 (original size) by default; with `test_size` the short side becomes test_size
-    (the reference's 1600 / 2150 protocol) and with `max_size` the long side is capped."""
+    and with `max_size` the long side is capped, tested on the rounded size as test_widerface.py does
+    (`np.round(resize * long_side) > max_size`; the reference's 1600 / 2150 protocol)."""
     scale = 1.0
     if test_size:
         scale = test_size / min(height, width)
-    if max_size and max(height, width) * scale > max_size:
+    if max_size and np.round(max(height, width) * scale) > max_size:
         scale = max_size / max(height, width)
     return scale
 
@@ -40,7 +40,7 @@ def load_detector_model(weights, network: str | None = None, device='cpu') -> tu
         arch = {'name': 'retinaface', 'network': network}
     else:
         raise CheckpointError(f'{weights}: no "arch" inside (not one of our checkpoints); for a Pytorch_Retinaface '
-                              f'state dict say which backbone with --network mobile0.25|resnet50')
+                              f'state dict say which backbone with --network {"|".join(RETINAFACE_NETWORKS)}')
     model = build_model(arch)
     weights_dict = extract_state_dict(state)
     missing, unexpected = model.load_state_dict(weights_dict, strict=False)
@@ -54,7 +54,8 @@ class FaceDetector:
     """`detector(list of BGR uint8 images) -> list of {'boxes' (N,4) xyxy, 'scores' (N,), 'landmarks' (N,5,2)}` in
     each image's own pixels; `detector.times` holds the last call's stage times in ms. Images of different sizes
     are padded (with the mean colour, which the network maps to zero) to one batch, so a folder runs in batches; an
-    image alone keeps its own size, as the reference runs it."""
+    image alone keeps its own size, as the reference runs it. `pre_nms_top_k` / `keep_top_k` of None (or 0): no cap (the
+    reference's WIDER FACE evaluation); the defaults are its demo's caps."""
 
     def __init__(self, model, arch: dict, device, *, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000,
                  keep_top_k=750, max_size=None, test_size=None, pad_multiple=1, fuse=True, channels_last=None):
@@ -65,7 +66,7 @@ class FaceDetector:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.arch = arch
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
-        self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k, keep_top_k
+        self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k or None, keep_top_k or None  # 0 or None: no cap
         self.max_size, self.test_size, self.pad_multiple = max_size, test_size, pad_multiple
         self.decode = decoder_for(arch)
         self.times = {}
@@ -114,7 +115,7 @@ class FaceDetector:
 
 def decoder_for(arch: dict):
     """`decode(outputs, input_hw, top_k) -> boxes (B,K,4), scores (B,K), landmarks (B,K,5,2)` in input pixels for
-    the network `arch` names: at most the top_k best candidates of each image."""
+    the network `arch` names: at most the top_k best candidates of each image (None: all)."""
     if arch['name'] == 'retinaface':
         from .anchors import retinaface_priors
         from .postprocess import decode_retinaface
@@ -128,7 +129,7 @@ def decoder_for(arch: dict):
         return decode
     if arch['name'] == 'centerface':
         from .heatmaps import decode_centerface
-        return lambda outputs, input_hw, top_k=1000: decode_centerface(outputs, input_hw, top_k=top_k)
+        return lambda outputs, input_hw, top_k=None: decode_centerface(outputs, input_hw, top_k=top_k)
     raise CheckpointError(f'no decoder for network {arch["name"]!r}')
 
 

@@ -147,17 +147,17 @@ def gather_at(maps: torch.Tensor, image: torch.Tensor, cell: torch.Tensor) -> to
     return maps.flatten(2)[image, :, cell]
 
 
-def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: int = 1000):
+def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: int | None = 1000):
     """CenterFace outputs {'hm' logits, 'wh', 'off', 'lm'} for a batch whose input was (H, W) -> boxes (B,K,4)
-    x1y1x2y2, scores (B,K), landmarks (B,K,5,2) in input pixels, K = min(top_k, cells): the K strongest heatmap
-    peaks (cells equal to their 3x3 max-pool) per image, strongest first. Non-peak cells have score 0, so the score
-    threshold of common.postprocess.postprocess drops them. `down` defaults to the input / map size ratio."""
+    x1y1x2y2, scores (B,K), landmarks (B,K,5,2) in input pixels, K = min(top_k, cells) (None: all): the K strongest
+    heatmap peaks (cells equal to their 3x3 max-pool) per image, strongest first. Non-peak cells have score 0, so
+    the score threshold of common.postprocess.postprocess drops them. `down` defaults to the input / map size ratio."""
     heat = outputs['hm'].float().sigmoid()
     batch, _, height, width = heat.shape
     if down is None:
         down = 2 ** round(math.log2(int(input_hw[1]) / width))
     peaks = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1))
-    scores, cell = peaks.view(batch, -1).topk(min(top_k, height * width), dim=1)     # (B,K)
+    scores, cell = peaks.view(batch, -1).topk(min(top_k or height * width, height * width), dim=1)  # (B,K)
 
     def at_peaks(name):  # (B,C,H,W) -> (B,K,C)
         maps = outputs[name].float().flatten(2)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .anchors import VARIANCES, MatchResult, match
+from .anchors import MatchResult
 from .heatmaps import CenterTargets, gather_at
 
 
@@ -27,24 +27,16 @@ def hard_negative_mask(background_loss: torch.Tensor, positive: torch.Tensor, ne
 
 
 class MultiBoxLoss(nn.Module):
-    """`criterion(predictions, matched)` with `matched` from common.anchors.match, or
-    `criterion(predictions, priors, targets, image_size=(h, w))` to match here. predictions = the raw network
-    outputs (loc (B,P,4), class logits (B,P,2), landmarks (B,P,10)). Returns (loss, {'loc', 'cls', 'landm'})."""
+    """`criterion(predictions, matched) -> (loss, {'loc', 'cls', 'landm'})`. predictions: the raw network outputs
+    loc (B,P,4), class logits (B,P,2), landmarks (B,P,10); matched: the per-prior targets of common.anchors.match
+    (the training script matches, so the target encoding is in plain sight there). Hard negatives: the
+    `neg_pos_ratio` x positives background priors of highest loss, per image."""
 
-    def __init__(self, num_classes: int = 2, overlap: float = 0.35, neg_pos_ratio: float = 7, loc_weight: float = 2.0,
-                 drop_below: float = 0.2, variances=VARIANCES):
+    def __init__(self, num_classes: int = 2, neg_pos_ratio: float = 7, loc_weight: float = 2.0):
         super().__init__()
-        self.num_classes, self.overlap, self.neg_pos_ratio = num_classes, overlap, neg_pos_ratio
-        self.loc_weight, self.drop_below, self.variances = loc_weight, drop_below, variances
+        self.num_classes, self.neg_pos_ratio, self.loc_weight = num_classes, neg_pos_ratio, loc_weight
 
-    def forward(self, predictions, matched_or_priors, targets=None, image_size=None):
-        if isinstance(matched_or_priors, MatchResult):
-            matched = matched_or_priors
-        else:
-            if targets is None:
-                raise ValueError('MultiBoxLoss: pass a MatchResult, or priors and targets')
-            matched = match(matched_or_priors, targets, threshold=self.overlap, image_size=image_size,
-                            drop_below=self.drop_below, variances=self.variances)
+    def forward(self, predictions, matched: MatchResult):
         loc_pred, conf_pred, landm_pred = predictions
         positive = matched.labels > 0
         num_pos = positive.sum().clamp(min=1).to(loc_pred.dtype)

@@ -3,7 +3,8 @@
 `decode_retinaface` turns RetinaFace's raw outputs into boxes (B,P,4) x1y1x2y2 and landmarks (B,P,5,2) in pixels of
 the network input plus face scores (B,P); `postprocess` is shared by every face detector and returns one dict of
 tensors per image; `to_image_pixels` maps decoded outputs back to the original image before NMS when it was resized.
-Test-time defaults (the reference): score > 0.02, 5000 best before NMS, NMS IoU 0.4, keep 750.
+The reference's test-time settings: score > 0.02, NMS IoU 0.4; its demo also caps 5000 candidates before NMS and
+750 faces after, its WIDER FACE evaluation neither.
 """
 import torch
 from torchvision.ops import batched_nms
@@ -34,14 +35,15 @@ def decode_retinaface(loc, conf_logits, landm, priors, input_hw, top_k: int | No
 def postprocess(boxes, scores, landmarks=None, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000, keep_top_k=750,
                 iou_plus_one=True):
     """Batched score filter (score > conf_thres), per-image top `pre_nms_top_k`, NMS (torchvision batched_nms with
-    the image index as the category) and per-image top `keep_top_k`, best first.
+    the image index as the category) and per-image top `keep_top_k`, best first. A cap of None is no cap (the
+    reference's WIDER FACE evaluation, test_widerface.py, applies neither).
 
     boxes (B,K,4) x1y1x2y2 pixels, scores (B,K), landmarks (B,K,5,2) or None. With `iou_plus_one` the NMS IoU uses
     the +1 pixel widths of the reference implementations (py_cpu_nms, the WIDER FACE kit), so the same boxes
     survive. Returns a list of B dicts {'boxes' (N,4), 'scores' (N,), 'landmarks' (N,5,2) if given} on the input's
     device."""
     batch, num = scores.shape
-    k = min(pre_nms_top_k, num)
+    k = num if pre_nms_top_k is None else min(pre_nms_top_k, num)
     candidate = torch.where(scores > conf_thres, scores, torch.full_like(scores, -1.0))
     top_scores, top_index = candidate.topk(k, dim=1)                          # (B,k), best first
     image, rank = (top_scores >= 0).nonzero(as_tuple=True)                    # the ones above the threshold
@@ -56,9 +58,11 @@ def postprocess(boxes, scores, landmarks=None, conf_thres=0.02, nms_thres=0.4, p
     kept_image = image[keep]
     counts = torch.bincount(kept_image, minlength=batch)
     starts = counts.cumsum(0) - counts
-    rank_in_image = torch.arange(len(keep), device=keep.device) - starts[kept_image]
-    keep = keep[rank_in_image < keep_top_k]
-    counts = counts.clamp(max=keep_top_k).tolist()
+    if keep_top_k is not None:
+        rank_in_image = torch.arange(len(keep), device=keep.device) - starts[kept_image]
+        keep = keep[rank_in_image < keep_top_k]
+        counts = counts.clamp(max=keep_top_k)
+    counts = counts.tolist()
 
     out_boxes = sel_boxes[keep].split(counts)
     out_scores = sel_scores[keep].split(counts)

@@ -1,7 +1,8 @@
 """Where and how a script runs: device choice, seeding, torchrun/DDP set-up, rank-0 printing, mixed precision.
 
-Every training script calls `setup(args)` once and gets a `Runtime` that answers the questions the loop asks:
-which device, am I the process that prints and saves, how many processes share the work.
+Every training script calls `setup(args)` once and gets a `Runtime` that answers the questions its loop asks:
+which device, am I the process that prints and saves, how many processes share the work, which precision.
+`add_shared_flags` adds the flags every training script has.
 """
 import argparse
 import contextlib
@@ -93,6 +94,11 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout input batches go to the device in: the model's (channels_last when set)."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def print(self, *args, **kwargs):
         if self.is_main:
             print(*args, **kwargs, flush=True)
@@ -167,8 +173,10 @@ def setup(args) -> Runtime:
 
 def add_shared_flags(parser: argparse.ArgumentParser, *, data_root: str, out: str, epochs: int, batch_size: int,
                      lr: float, workers: int = 4, eval_every: int = 1, save_every: int = 1, keep: int = 3):
-    """The flags every training script shares, with the script's own defaults. Returns the argument groups
-    (data, model, optim, run) so the script adds its own flags where a reader expects them."""
+    """The flags every training script has (DESIGN.md), with the script's own defaults: --data-root --workers
+    --pretrained --epochs --batch-size --lr --amp --channels-last --out --device --resume --seed --eval-every
+    --save-every --keep. Everything else a script declares itself. Returns the argument groups (data, model,
+    optimisation, run) so the script adds its own flags where a reader expects them."""
     groups = {name: parser.add_argument_group(name) for name in ('data', 'model', 'optimisation', 'run')}
     g = groups['data']
     g.add_argument('--data-root', default=data_root, help='dataset folder (default: %(default)s)')

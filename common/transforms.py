@@ -10,7 +10,6 @@ image BGR uint8 HxWx3 and target {'boxes' (N,4) float32 x1y1x2y2, 'landmarks' (N
 """
 import cv2
 import numpy as np
-import torch
 
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)  # crop side as a fraction of the image's short side
 BGR_MEAN = (104, 117, 123)                # padding colour: zero after the detector subtracts its mean
@@ -118,44 +117,26 @@ def scale_target(target, scale) -> dict:
 
 
 class TrainTransform:
-    """The RetinaFace training augmentation, `(image, target) -> (image image_size^2 uint8, target)`.
+    """The RetinaFace training augmentation, `transform(image, target, rng) -> (image image_size^2 uint8, target)`.
 
-    `min_face_size` > 0 drops faces whose box is smaller than that (pixels, after the resize). `clip_boxes=False`
-    keeps the whole box of a face the crop cuts (its centre is inside): a detector that regresses the box size from
-    the centre (CenterFace) then learns the true size of faces larger than its training input, as it meets them at
-    test time, instead of the clipped size.
-
-    Randomness comes from `self.rng`: `seed` if given, else torch's seed, which runtime.seed_everything sets from
-    --seed; inside a DataLoader worker it is re-seeded from the worker's seed (which torch derives from the main
-    process's seed), so workers differ from each other and runs repeat, with or without workers.
+    `rng` is a numpy Generator the dataset makes for each sample from (seed, epoch, index), so the draws do not
+    depend on which worker loads the sample, and a resumed run repeats them. `clip_boxes=False` keeps the whole box
+    of a face the crop cuts (its centre is inside): a detector that regresses the box size from the centre
+    (CenterFace) then learns the true size of faces larger than its training input, as it meets them at test time,
+    instead of the clipped size.
     """
 
     def __init__(self, image_size: int = 640, crop_scales=CROP_SCALES, crop_tries: int = 250, flip: bool = True,
-                 distort: bool = True, min_face_size: float = 0.0, fill=BGR_MEAN, seed: int | None = None,
-                 clip_boxes: bool = True):
+                 distort: bool = True, fill=BGR_MEAN, clip_boxes: bool = True):
         self.image_size = image_size
-        self.clip_boxes = clip_boxes
         self.crop_scales = tuple(crop_scales)
         self.crop_tries = crop_tries
         self.flip = flip
         self.distort = distort
-        self.min_face_size = min_face_size
         self.fill = fill
-        self.seed = seed
-        self.rng = None
-        self._worker_seed = None
+        self.clip_boxes = clip_boxes
 
-    def _generator(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.seed != self._worker_seed:  # a fresh worker (or a new epoch's workers)
-            self._worker_seed = info.seed
-            self.rng = np.random.default_rng(info.seed)
-        elif self.rng is None:  # the main process (--workers 0), seeded when first used
-            self.rng = np.random.default_rng(torch.initial_seed() if self.seed is None else self.seed)
-        return self.rng
-
-    def __call__(self, image, target):
-        rng = self._generator()
+    def __call__(self, image, target, rng: np.random.Generator):
         image, target, _ = random_square_crop(image, target, rng, self.crop_scales, self.crop_tries,
                                              self.clip_boxes)
         if self.distort:
@@ -169,29 +150,4 @@ class TrainTransform:
         target = scale_target(target, scale)
         boxes = target['boxes']
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # clipping can leave empty boxes
-        if self.min_face_size > 0:
-            keep &= np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face_size
         return image, select_faces(target, keep)
-
-
-class EvalTransform:
-    """Validation batches: resize the long side to `image_size` (aspect kept), pad bottom/right to a square with
-    the mean colour. target['scale'] is the factor applied (divide predictions by it to get original pixels) and
-    target['orig_size'] the original (height, width)."""
-
-    def __init__(self, image_size: int = 640, fill=BGR_MEAN):
-        self.image_size = image_size
-        self.fill = fill
-
-    def __call__(self, image, target):
-        height, width = image.shape[:2]
-        scale = self.image_size / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
-        out = np.empty((self.image_size, self.image_size, 3), np.uint8)
-        out[:] = np.asarray(self.fill, np.uint8)
-        out[:size[1], :size[0]] = resized
-        target = scale_target(target, scale)
-        target['scale'] = scale
-        target['orig_size'] = (height, width)
-        return out, target

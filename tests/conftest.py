@@ -12,6 +12,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a learning test (trains to a floor); deselect with -m "not slow"')
+
+
 @pytest.fixture
 def shared_data():
     """Path to ../shared/data; the test is skipped when it is absent (a user's fresh clone has none)."""

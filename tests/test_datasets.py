@@ -123,7 +123,7 @@ def test_dataset_skips_missing_and_corrupt_images(tmp_path, capsys):
 def test_dataset_applies_transform_to_copies(tmp_path):
     split = make_split(tmp_path / 'val', ['ok.jpg', 'nofaces.jpg', 'gone.jpg', 'broken.jpg'])
 
-    def shift(image, target):
+    def shift(image, target, rng):
         target['boxes'] += 100  # in place: must not leak into the dataset's records
         return image[:8, :8], target
 
@@ -132,6 +132,25 @@ def test_dataset_applies_transform_to_copies(tmp_path):
         image, target = dataset[0]
         assert image.shape == (8, 8, 3)
         np.testing.assert_array_equal(target['boxes'][0], [110, 110, 130, 130])
+
+
+def test_augmentation_depends_on_seed_epoch_and_image_not_on_workers(tmp_path):
+    """A sample's random draws come from (seed, epoch, index): the same with 0 or 2 workers (so a resumed run, or
+    one with other --workers, repeats them), new each epoch, and different between images."""
+    split = make_split(tmp_path / 'train', ['ok.jpg', 'nofaces.jpg', 'gone.jpg', 'broken.jpg'])
+    dataset = WiderFaceDataset(split, transform=lambda image, target, rng: (image, rng.random(3)), verbose=False,
+                               seed=7)
+
+    def draws(workers):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+        return np.stack([drawn for _, drawn in loader])
+
+    dataset.set_epoch(1)
+    in_process, in_workers = draws(0), draws(2)
+    np.testing.assert_array_equal(in_process, in_workers)
+    assert not np.array_equal(in_process[0], in_process[1])
+    dataset.set_epoch(2)
+    assert not np.array_equal(draws(0), in_process)
 
 
 def test_missing_paths_are_named(tmp_path):

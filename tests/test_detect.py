@@ -96,6 +96,39 @@ def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_p
     assert '2 images' in proc.stdout and (tmp_path / 'video' / 'clip.mp4').stat().st_size > 0
 
 
+def test_images_without_faces_and_untrained_checkpoint(repo_root, tmp_path):
+    """An image where no face passes the threshold is ordinary input: its txt file (count 0) and drawn copy are
+    written like any other; files that are not images are named and skipped; exit 0."""
+    torch.manual_seed(0)
+    from common.models.retinaface import RetinaFace
+    checkpoint = tmp_path / 'untrained.pt'
+    torch.save({'model': RetinaFace('mobile0.25').state_dict(), 'arch': MNET}, checkpoint)
+    source = tmp_path / 'photos'
+    source.mkdir()
+    cv2.imwrite(str(source / 'blank.jpg'), np.full((120, 160, 3), 127, np.uint8))
+    cv2.imwrite(str(source / 'noise.png'), np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8))
+    (source / 'readme.md').write_text('not a picture')
+    out = tmp_path / 'out'
+    proc = run_detect(repo_root, '--weights', checkpoint, '--source', source, '--out', out, '--save-txt',
+                      '--conf-thres', '0.999')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'readme.md' in proc.stdout and '1 skipped' in proc.stdout
+    for name in ('blank', 'noise'):
+        assert (out / f'{name}.txt').read_text().splitlines()[1] == '0'
+    assert cv2.imread(str(out / 'blank.jpg')).shape == (120, 160, 3) and (out / 'noise.png').is_file()
+
+
+@pytest.mark.parametrize('kind', ['truncated', 'empty', 'jpeg'])
+def test_bad_weights_file_is_one_line_exit_2(kind, tmp_path, capsys):
+    import detect
+    from test_finetune_retinaface import assert_one_line_naming, bad_weights_files
+    path, says = bad_weights_files(tmp_path)[kind]
+    with pytest.raises(SystemExit) as stop:
+        detect.main(detect.parse_args(['--weights', str(path), '--network', 'mobile0.25', '--source', str(tmp_path),
+                                       '--device', 'cpu', '--out', str(tmp_path / 'out')]))
+    assert_one_line_naming(stop.value.code, capsys.readouterr().err, '--weights', path.name, says)
+
+
 def test_missing_paths_exit_2_with_one_line(weights, tmp_path, capsys):
     import detect  # in-process: the same main() the command line runs, without another interpreter start
     missing = tmp_path / 'nope.pth'

@@ -44,8 +44,12 @@ def test_amp_is_full_precision_on_cpu_and_scaler_is_a_no_op():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_toy_script_bad_data_flag_has_no_traceback(tmp_path, repo_root):
-    result = subprocess.run([sys.executable, str(repo_root / 'tests' / 'toy_train.py'), '--out', str(tmp_path),
-                             '--device', 'nonsense'], capture_output=True, text=True)
+@pytest.mark.parametrize('script', ['finetune_retinaface.py', 'train_centernet.py'])
+def test_bad_device_flag_is_one_line_exit_2(tmp_path, repo_root, script):
+    data = tmp_path / 'data'
+    data.mkdir()
+    result = subprocess.run([sys.executable, str(repo_root / script), '--data-root', str(data), '--out',
+                             str(tmp_path / 'run'), '--device', 'nonsense'], capture_output=True, text=True)
     assert result.returncode == 2
     assert 'Traceback' not in result.stderr and '--device' in result.stderr
+    assert result.stderr.strip().count('\n') == 0

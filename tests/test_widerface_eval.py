@@ -190,18 +190,36 @@ def test_ground_truth_mat_round_trip_and_missing_file(tmp_path):
         load_ground_truth(tmp_path / 'gt')
 
 
+def xyxy(xywh):
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:4]], axis=1)
+
+
 def test_prediction_files_round_trip_and_malformed_lines(tmp_path):
     boxes = np.array([[1.5, 2, 30, 40], [100, 50, 10.25, 12]])
     scores = np.array([0.123456789, 0.02], dtype=np.float32)
     landmarks = np.arange(20, dtype=float).reshape(2, 5, 2)
-    path = write_prediction_file(tmp_path, '0--Parade', '0_Parade_1.jpg', boxes, scores, landmarks)
-    assert path == tmp_path / '0--Parade' / '0_Parade_1.txt'
-    write_prediction_file(tmp_path, '1--Handshaking', 'empty', np.zeros((0, 4)), [])
+    rows = write_prediction_file(tmp_path / '0--Parade' / '0_Parade_1.txt', '0_Parade_1', xyxy(boxes), scores,
+                                 landmarks)
+    lines = (tmp_path / '0--Parade' / '0_Parade_1.txt').read_text().splitlines()
+    assert lines[:2] == ['0_Parade_1', '2'] and len(lines[2].split()) == 15  # landmarks after the score
+    write_prediction_file(tmp_path / '1--Handshaking' / 'empty.txt', 'empty', np.zeros((0, 4)), [], np.zeros((0, 5, 2)))
+    assert (tmp_path / '1--Handshaking' / 'empty.txt').read_text() == 'empty\n0\n'
     loaded = read_predictions(tmp_path)
     assert set(loaded) == {'0--Parade/0_Parade_1', '1--Handshaking/empty'}
-    np.testing.assert_allclose(loaded['0--Parade/0_Parade_1'], np.c_[boxes, scores], atol=1e-9)
+    np.testing.assert_allclose(loaded['0--Parade/0_Parade_1'], np.c_[boxes, scores], atol=1e-6)
+    np.testing.assert_allclose(loaded['0--Parade/0_Parade_1'], rows, atol=1e-9)
     np.testing.assert_array_equal(loaded['0--Parade/0_Parade_1'][:, 4].astype(np.float32), scores)  # no ties made
     assert loaded['1--Handshaking/empty'].shape == (0, 5)
+
+
+def test_integer_boxes_as_the_reference_writes_them(tmp_path):
+    """test_widerface.py: x = int(x1), w = int(x2) - int(x1); int() truncates toward zero."""
+    boxes_xyxy = np.array([[10.9, 20.2, 30.7, 40.99], [-0.6, -1.5, 5.5, 6.2]])
+    rows = write_prediction_file(tmp_path / 'e' / 'a.txt', 'a', boxes_xyxy, [0.9, 0.5], integer_boxes=True)
+    expected = [[int(x1), int(y1), int(x2) - int(x1), int(y2) - int(y1)] for x1, y1, x2, y2 in boxes_xyxy]
+    np.testing.assert_array_equal(rows[:, :4], expected)
+    lines = (tmp_path / 'e' / 'a.txt').read_text().splitlines()
+    assert lines[2].split()[:4] == ['10', '20', '20', '20'] and lines[3].split()[:4] == ['0', '-1', '5', '7']
 
     bad = tmp_path / '2--Demo' / 'bad.txt'
     bad.parent.mkdir()
@@ -221,7 +239,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     write_gt_mats(tmp_path / 'gt', gt)
     for key, p in predictions.items():
         event, name = key.split('/')
-        write_prediction_file(tmp_path / 'pred', event, name, p[:, :4], p[:, 4])
+        write_prediction_file(tmp_path / 'pred' / event / f'{name}.txt', name, xyxy(p[:, :4]), p[:, 4])
     expected = evaluate(predictions, gt)
     code = main(['--pred', str(tmp_path / 'pred'), '--gt', str(tmp_path / 'gt'),
                  '--json', str(tmp_path / 'out' / 'r.json'), '--plot', str(tmp_path / 'pr.png')])

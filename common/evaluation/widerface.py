@@ -205,27 +205,31 @@ def read_predictions(pred_dir):
     return predictions
 
 
-def write_prediction_file(pred_dir, event, name, boxes_xywh, scores, landmarks=None):
-    """Write PRED/<event>/<name>.txt in the official layout; landmarks (N, 10) or (N, 5, 2) go after the score."""
-    name = Path(name).stem if Path(name).suffix.lower() in ('.jpg', '.jpeg', '.png') else name
-    boxes_xywh = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(scores) != len(boxes_xywh):
-        raise ValueError(f'{event}/{name}: {len(boxes_xywh)} boxes but {len(scores)} scores')
-    columns = [boxes_xywh, scores[:, None]]
-    formats = ['%.3f'] * 4 + ['%.10f']  # 10 decimals keep distinct float32 scores distinct (ties change order)
+def write_prediction_file(path, name: str, boxes_xyxy, scores, landmarks=None, integer_boxes: bool = False):
+    """Write one image's detections in the official layout: the image name, the count, then `x y w h score` per
+    face, best first, with `lx1 ly1 .. lx5 ly5` after the score when `landmarks` (N,5,2) are given (the evaluation
+    reads the first five columns). `integer_boxes` writes the boxes as Pytorch_Retinaface's test_widerface.py does,
+    x = int(x1), w = int(x2) - int(x1) (truncation toward zero); else 2 decimals. Scores keep 9 significant digits
+    (every float32 exactly). Any number of faces, 0 included. Returns the (N,5) x y w h score rows as written."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1).astype(np.float64)
+    if len(scores) != len(boxes):
+        raise ValueError(f'{name}: {len(boxes)} boxes but {len(scores)} scores')
+    if integer_boxes:
+        boxes = np.trunc(boxes)
+    rows = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2], scores[:, None]], axis=1)
+    formats = ['%d' if integer_boxes else '%.2f'] * 4 + ['%.9g']
+    table = rows
     if landmarks is not None:
-        landmarks = np.asarray(landmarks, dtype=np.float64).reshape(len(boxes_xywh), 10)
-        columns.append(landmarks)
-        formats += ['%.3f'] * 10
-    table = np.hstack(columns)
-    path = Path(pred_dir) / event / f'{name}.txt'
+        table = np.concatenate([rows, np.asarray(landmarks, dtype=np.float64).reshape(len(rows), 10)], axis=1)
+        formats += ['%.2f'] * 10
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line_format = ' '.join(formats)
+    line = ' '.join(formats) + '\n'
     with open(path, 'w') as f:
         f.write(f'{name}\n{len(table)}\n')
-        f.writelines(line_format % tuple(row) + '\n' for row in table)
-    return path
+        f.writelines(line % tuple(row) for row in table)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
@@ -397,49 +401,6 @@ def evaluate(predictions, gt, iou_thresh=0.5):
 def evaluate_dirs(pred_dir, gt_dir, iou_thresh=0.5):
     """evaluate() on a prediction folder and a ground-truth folder."""
     return evaluate(read_predictions(pred_dir), load_ground_truth(gt_dir), iou_thresh)
-
-
-# ------------------------------------------------------------------------------- running a detector over a split
-
-def _as_list(batch):
-    """DataLoader collate that keeps the (image, target) pairs as they are (images differ in size)."""
-    return batch
-
-
-def evaluate_on_split(detector, split_dir, gt_dir, pred_dir, *, batch_size=1, workers=2, plot=None, log=print) -> dict:
-    """Detect on every image of `split_dir` (label.txt + images/) at the detector's test size, write the official
-    PRED/<event>/<name>.txt layout to `pred_dir`, and return the official Easy/Medium/Hard AP. The images are read
-    by DataLoader workers while the network runs."""
-    import time
-
-    import torch
-    from tqdm import tqdm
-
-    from ..datasets import WiderFaceDataset
-
-    dataset = WiderFaceDataset(split_dir)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_as_list)
-    gt = load_ground_truth(gt_dir)
-    predictions = {}
-    started = time.perf_counter()
-    for batch in tqdm(loader, desc='evaluating', leave=False, mininterval=2):
-        images = [image for image, _ in batch]
-        for (_, target), det in zip(batch, detector(images)):
-            event, name = target['name'].split('/')[-2], Path(target['name']).stem
-            xywh = det['boxes'].copy()
-            xywh[:, 2:] -= xywh[:, :2]
-            write_prediction_file(pred_dir, event, name, xywh, det['scores'], det['landmarks'].reshape(-1, 10))
-            predictions[f'{event}/{name}'] = np.concatenate([xywh, det['scores'][:, None]], axis=1)
-    seconds = time.perf_counter() - started
-    result = evaluate(predictions, gt)
-    if plot:
-        from ..visualize import plot_pr_curves
-        plot_pr_curves(result['curves'], plot)
-    aps = {k: float(result[k]) for k in ('easy', 'medium', 'hard')}
-    log(f'WIDER val ({len(dataset)} images, {seconds:.1f}s): Easy {aps["easy"]:.4f}  Medium {aps["medium"]:.4f}  '
-        f'Hard {aps["hard"]:.4f}')
-    return aps
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

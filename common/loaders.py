@@ -1,0 +1,40 @@
+"""DataLoaders whose order depends only on (seed, epoch), on one process or many, and moving batches to the device.
+
+A DistributedSampler is used even on one process: it shards the data across processes under torchrun and otherwise
+still gives a seeded shuffle that a resumed run repeats. Workers are started afresh each epoch (not persistent):
+their random seeds then come from the main process's torch generator, which the checkpoint saves and `--resume`
+restores, so a resumed run draws the same augmentations as an uninterrupted one.
+"""
+import os
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .runtime import Runtime, worker_init
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def make_loader(dataset, *, batch_size: int, rt: Runtime, train: bool, workers: int, collate_fn=None,
+                seed: int = 0) -> DataLoader:
+    """Shuffled and sharded (train: the last partial batch dropped) or in order (evaluation). `workers` is capped at
+    the cores this process may use: more workers than cores only fight the training for them. Call
+    `loader.sampler.set_epoch(epoch)` before each epoch."""
+    sampler = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=train, seed=seed,
+                                 drop_last=train)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=min(workers, usable_cores()),
+                      collate_fn=collate_fn, pin_memory=rt.device.type == 'cuda', drop_last=train,
+                      worker_init_fn=worker_init)
+
+
+def to_device(obj, device, non_blocking: bool = True):
+    """Tensors inside nested lists / tuples / dicts moved to `device`; anything else as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
