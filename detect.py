@@ -1,11 +1,15 @@
 """Face detection on an image, a folder, a video file or a webcam with any of our detector checkpoints (the network is
-rebuilt from the checkpoint's `arch`) or a Pytorch_Retinaface state dict: annotated images (boxes, five landmarks,
-scores), optional txt results, per-stage timings.
+rebuilt from the checkpoint's `arch`), a Pytorch_Retinaface state dict or an .onnx file from export.py (run by
+onnxruntime): annotated images (boxes, five landmarks, scores), optional txt results, per-stage timings.
 
 One image or a folder, original size, score > 0.5, NMS IoU 0.4 (results in runs/detect):
     python detect.py --weights runs/retinaface/best.pt --source photos/
 A Pytorch_Retinaface state dict (say which backbone), with txt results:
     python detect.py --weights weights/mobilenet0.25_Final.pth --network mobile0.25 --source group.jpg --save-txt
+An .onnx file from export.py, run by onnxruntime (CPU; its CUDA provider with --device cuda when installed):
+    python detect.py --weights mnet.onnx --source photos/
+The authors' released CenterFace, converted (python -m common.models.convert), at their demo's thresholds:
+    python detect.py --weights weights/centerface.pt --source photos/ --conf-thres 0.3 --nms-thres 0.3
 A folder in batches of 8 (different sizes are padded together), long side capped at 1024, on the GPU:
     python detect.py --weights W --source photos/ --batch-size 8 --max-size 1024 --device cuda
 A video file, or webcam 0 for 300 frames (annotated video written to --out):
@@ -42,7 +46,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     g = parser.add_argument_group('model')
-    g.add_argument('--weights', required=True, help='our checkpoint, or a Pytorch_Retinaface state dict')
+    g.add_argument('--weights', required=True,
+                   help='our checkpoint, a Pytorch_Retinaface state dict, or an .onnx file from export.py')
     g.add_argument('--network', default=None, choices=list(RETINAFACE_NETWORKS),
                    help='backbone of a Pytorch_Retinaface state dict (our checkpoints carry their own)')
     g = parser.add_argument_group('data')
@@ -199,7 +204,8 @@ def main(args):
         skipped.append(name)
         print(f'skipping {name}: {reason}', flush=True)
 
-    print(f'{detector.arch} on {device}, conf > {args.conf_thres}, NMS {args.nms_thres}, '
+    runs_on = f'onnxruntime {"/".join(detector.model.providers)}' if weights.suffix.lower() == '.onnx' else device
+    print(f'{detector.arch} on {runs_on}, conf > {args.conf_thres}, NMS {args.nms_thres}, '
           f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}', flush=True)
     totals = dict.fromkeys(STAGES + ('write',), 0.0)
     count = faces = 0

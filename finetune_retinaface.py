@@ -48,6 +48,9 @@ def parse_args(argv=None):
                                       batch_size=32, lr=1e-2, workers=4, eval_every=10, save_every=10)
     g = groups['data']
     g.add_argument('--image-size', type=int, default=640, help='square training crop size')
+    g.add_argument('--whole-face-crops', action=argparse.BooleanOptionalAction, default=True,
+                   help='take a random crop only when a face lies wholly inside it (the reference\'s rule; '
+                        '--no-whole-face-crops: when a face centre does)')
     g = groups['model']
     g.add_argument('--network', default='mobile0.25', choices=list(NETWORKS))
     g = groups['optimisation']
@@ -106,8 +109,8 @@ def main(args):
 
     # ------------------------------------------------------------ data: WIDER FACE train split, augmented
     try:
-        train_set = WiderFaceDataset(Path(args.data_root) / 'train', TrainTransform(args.image_size),
-                                     verbose=rt.is_main, seed=args.seed)
+        transform = TrainTransform(args.image_size, whole_face=args.whole_face_crops)
+        train_set = WiderFaceDataset(Path(args.data_root) / 'train', transform, verbose=rt.is_main, seed=args.seed)
     except (FileNotFoundError, LabelFormatError) as e:
         runtime.fail(str(e))
     train_loader = make_loader(train_set, batch_size=args.batch_size, rt=rt, train=True, workers=args.workers,

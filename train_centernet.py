@@ -33,6 +33,9 @@ OUT/predictions/<event>/<name>.txt and OUT/results.json):
     python train_centernet.py --data-root data/widerface --evaluate --weights runs/centerface/best.pt
 Detection on photos with the trained checkpoint:
     python detect.py --weights runs/centerface/best.pt --source photos/
+The authors' released model, converted (python -m common.models.convert; the network comes from its arch):
+    python train_centernet.py --data-root data/widerface --evaluate --weights weights/centerface.pt
+    python train_centernet.py --data-root data/widerface --pretrained weights/centerface.pt
 """
 import argparse
 import time
@@ -41,7 +44,7 @@ from pathlib import Path
 import torch
 
 from common import runtime
-from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
+from common.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, resume_training, rng_states, unwrap
 from common.datasets import LabelFormatError, WiderFaceDataset, detection_collate
 from common.detector import FaceDetector, load_detector_model
 from common.evaluation.widerface_run import evaluate_detector
@@ -49,8 +52,7 @@ from common.heatmaps import build_targets
 from common.loaders import make_loader, to_device
 from common.losses import CenterNetLoss
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
-from common.models import load_pretrained
-from common.models.centerface import CenterFace
+from common.models import build_model, load_pretrained
 from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
 from common.transforms import TrainTransform
 
@@ -147,10 +149,22 @@ def main(args):
     # ------------------------------------------------------------ network, from --pretrained weights
     arch = {'name': 'centerface', 'width_mult': args.width_mult, 'neck_channels': args.neck_channels,
             'head_conv': args.head_conv, 'down': args.down}
-    model = CenterFace(args.width_mult, args.neck_channels, args.head_conv, args.down)
+    if args.pretrained:  # a whole CenterFace of ours (e.g. the converted released model) brings its own arch
+        try:
+            pretrained = load_checkpoint(runtime.require_path(args.pretrained, '--pretrained', 'weights file'))
+        except CheckpointError as e:
+            runtime.fail(f'--pretrained: {e}')
+        if isinstance(pretrained, dict) and isinstance(pretrained.get('arch'), dict):
+            if pretrained['arch'].get('name') != 'centerface':
+                runtime.fail(f'--pretrained {args.pretrained}: a {pretrained["arch"].get("name")} checkpoint, '
+                             f'not a CenterFace')
+            arch = pretrained['arch']
+    if arch.get('variant') == 'released' and args.image_size % 32:
+        runtime.fail(f'--image-size {args.image_size}: the released CenterFace takes sides that are multiples of 32')
+    model = build_model(arch)
     if args.pretrained and not args.resume:  # torchvision's ImageNet MobileNetV2, or a whole CenterFace of ours
         try:
-            rt.print(load_pretrained(model, runtime.require_path(args.pretrained, '--pretrained', 'weights file')))
+            rt.print(load_pretrained(model, args.pretrained))
         except CheckpointError as e:
             runtime.fail(f'--pretrained: {e}')
     model = rt.wrap(model)  # on the device, channels_last on the CPU, DistributedDataParallel under torchrun

@@ -5,23 +5,30 @@
     python bench/detect_speed.py --weights runs/centerface/best.pt --compare \
         ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --compare-network mobile0.25 \
         --source ../shared/data/photos --device cpu --max-size 640
+An .onnx file from export.py through onnxruntime, beside the PyTorch weights it was exported from (and, for
+RetinaFace, the reference-style baseline built from them):
+    python bench/detect_speed.py --weights mnet.onnx --pytorch-weights \
+        ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --network mobile0.25 --source ../shared/data/photos
 
 Per image, every pipeline reads the file, prepares the input, runs the network, decodes and applies NMS, one image
 at a time, after a warm-up pass over the folder; the pipelines take turns pass by pass over the folder and the
 median over images x repeats is reported.
 
 - ours: detect.py's pipeline for --weights (BatchNorm folded, channels_last on the CPU, batched torch decode +
-  torchvision NMS).
+  torchvision NMS); for an .onnx file the network runs in onnxruntime, the rest is the same.
+- pytorch: with an .onnx --weights, detect.py's PyTorch pipeline for --pytorch-weights (the checkpoint it was
+  exported from).
 - reference-style baseline, for RetinaFace weights: the reference implementation's steps, written here: the mean
   subtracted in NumPy, the plain (unfused) network on that float32 image, priors rebuilt per image by a Python loop
   over the cells, decode in NumPy, score filter, argsort, top-k, a greedy NMS loop in Python/NumPy (+1 pixel
   areas), keep top-k. The run also checks that the two agree (matched boxes and landmarks in pixels, scores).
-- compare: detect.py's pipeline for a second detector (--compare), at the same input size: e.g. CenterFace
-  against RetinaFace MobileNet0.25.
+- compare: detect.py's pipeline for more detectors (--compare, .onnx files too), at the same input size: e.g.
+  CenterFace against RetinaFace MobileNet0.25.
 
 All use the same thresholds (default: the reference's test settings, score > 0.02, NMS 0.4, top 5000 / 750). On
-CUDA it adds the batch throughput of detect.py's batched path. It prints `speedup: X.Xx` (baseline / ours) and
-`ratio_compare_over_ours: X.Xx` where those pipelines ran, and last `median_ms_per_image: X` (ours).
+CUDA it adds the batch throughput of detect.py's batched path. It prints `speedup: X.Xx` (baseline / ours),
+`speedup_over_pytorch: X.Xx` (pytorch / ours) and `ratio_compare_over_ours: X.Xx` where those pipelines ran, and
+last `median_ms_per_image: X` (ours). onnxruntime runs with as many threads as torch (--threads).
 """
 import argparse
 import itertools
@@ -41,7 +48,7 @@ if str(REPO) not in sys.path:
 
 from common import runtime  # noqa: E402
 from common.checkpoint import CheckpointError  # noqa: E402
-from common.detector import is_image_file, load_detector_model  # noqa: E402
+from common.detector import RETINAFACE_NETWORKS, is_image_file, load_detector_model  # noqa: E402
 from detect import build_detector, read_image  # noqa: E402
 
 
@@ -142,13 +149,16 @@ def compare(ours: dict, reference: np.ndarray):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--weights', required=True, help='detector to time (any of our checkpoints, or a '
-                        'Pytorch_Retinaface state dict with --network)')
-    parser.add_argument('--network', default=None, choices=['mobile0.25', 'resnet50'])
-    parser.add_argument('--compare', default=None, help='a second detector timed through the same pipeline, e.g. '
-                        'RetinaFace beside a CenterFace checkpoint')
-    parser.add_argument('--compare-network', default=None, choices=['mobile0.25', 'resnet50'],
-                        help='backbone of --compare when it is a Pytorch_Retinaface state dict')
+    parser.add_argument('--weights', required=True, help='detector to time (any of our checkpoints, a '
+                        'Pytorch_Retinaface state dict with --network, or an .onnx file from export.py)')
+    parser.add_argument('--network', default=None, choices=list(RETINAFACE_NETWORKS),
+                        help='backbone of a Pytorch_Retinaface state dict (--weights or --pytorch-weights)')
+    parser.add_argument('--pytorch-weights', default=None,
+                        help='with an .onnx --weights: the PyTorch weights it was exported from, timed beside it')
+    parser.add_argument('--compare', default=None, nargs='+', help='more detectors timed through the same '
+                        'pipeline, e.g. RetinaFace beside a CenterFace checkpoint')
+    parser.add_argument('--compare-network', default=None, choices=list(RETINAFACE_NETWORKS),
+                        help='backbone of the --compare files that are Pytorch_Retinaface state dicts')
     parser.add_argument('--source', required=True, help='folder of images')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--max-size', type=int, default=None,
@@ -166,9 +176,11 @@ def median_ms(values):
     return statistics.median(values) if values else float('nan')
 
 
-def arch_name(arch: dict) -> str:
-    """How a pipeline is labelled in the output, e.g. 'retinaface mobile0.25' or 'centerface 1.0'."""
-    return ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'width_mult'))
+def arch_name(arch: dict, weights=None) -> str:
+    """How a pipeline is labelled in the output, e.g. 'retinaface mobile0.25', 'centerface 1.0' or
+    'onnxruntime centerface released'."""
+    runtime_name = 'onnxruntime ' if weights is not None and Path(weights).suffix.lower() == '.onnx' else ''
+    return runtime_name + ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'width_mult', 'variant'))
 
 
 def detector_pipeline(detector):
@@ -215,18 +227,30 @@ def main(args):
         torch.set_num_threads(args.threads)
     settings = dict(conf_thres=args.conf_thres, nms_thres=args.nms_thres, pre_nms_top_k=5000, keep_top_k=750,
                     max_size=args.max_size)
+    is_onnx = weights.suffix.lower() == '.onnx'
+    torch_weights = weights  # the PyTorch weights behind the pytorch and baseline pipelines (None: neither runs)
+    if is_onnx:
+        torch_weights = args.pytorch_weights and runtime.require_path(args.pytorch_weights, '--pytorch-weights',
+                                                                      'weights file')
+    elif args.pytorch_weights:
+        runtime.fail('--pytorch-weights: only with an .onnx --weights (the PyTorch weights it was exported from)')
     try:
         detector = build_detector(weights, args.network, device, **settings)
-        pipelines = {f'ours ({arch_name(detector.arch)})': detector_pipeline(detector)}
-        if detector.arch['name'] == 'retinaface':  # the reference implementation's steps exist for RetinaFace
-            plain_model, _ = load_detector_model(weights, args.network, device)
+        pipelines = {f'ours ({arch_name(detector.arch, weights)})': detector_pipeline(detector)}
+        if is_onnx and torch_weights:
+            in_torch = build_detector(torch_weights, args.network, device, **settings)
+            if in_torch.arch != detector.arch:
+                runtime.fail(f'--pytorch-weights: a {in_torch.arch} network, the .onnx file holds {detector.arch}')
+            pipelines[f'pytorch ({arch_name(in_torch.arch)})'] = detector_pipeline(in_torch)
+        if detector.arch['name'] == 'retinaface' and torch_weights:  # the reference's steps exist for RetinaFace
+            plain_model, _ = load_detector_model(torch_weights, args.network, device)
             pipelines['reference-style baseline'] = reference_pipeline(plain_model, device, args)
-        if args.compare:
-            compared = build_detector(runtime.require_path(args.compare, '--compare', 'weights file'),
+        for path in args.compare or []:
+            compared = build_detector(runtime.require_path(path, '--compare', 'weights file'),
                                       args.compare_network, device, **settings)
-            pipelines[f'compare ({arch_name(compared.arch)})'] = detector_pipeline(compared)
+            pipelines[f'compare ({arch_name(compared.arch, path)})'] = detector_pipeline(compared)
     except CheckpointError as e:
-        runtime.fail(f'--weights/--compare: {e}')
+        runtime.fail(f'--weights/--pytorch-weights/--compare: {e}')
     print(f'{len(paths)} images from {source}, {device}, {torch.get_num_threads()} CPU threads, '
           f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}, '
           f'score > {args.conf_thres}, NMS {args.nms_thres}, top 5000 / 750')
@@ -270,7 +294,8 @@ def main(args):
               + ', '.join(f'{k} {median_ms(v):.1f}' for k, v in stages[name].items()))
     ours_ms = median_ms(totals[ours_name])
     for name in others:
-        label = 'speedup' if name == 'reference-style baseline' else 'ratio_compare_over_ours'
+        label = {'reference-style baseline': 'speedup', 'pytorch': 'speedup_over_pytorch'}.get(
+            name.split(' (')[0], 'ratio_compare_over_ours')
         print(f'{label}: {median_ms(totals[name]) / ours_ms:.2f}x  ({name} / {ours_name})')
     print(f'median_ms_per_image: {ours_ms:.1f}')
 

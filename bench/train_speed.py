@@ -27,9 +27,11 @@ from common.anchors import match, retinaface_priors  # noqa: E402
 from common.heatmaps import build_targets  # noqa: E402
 from common.losses import CenterNetLoss, MultiBoxLoss  # noqa: E402
 from common.models import build_model  # noqa: E402
+from common.models.retinaface import NETWORKS  # noqa: E402
 
-ARCHS = {'retinaface': {'name': 'retinaface', 'network': 'mobile0.25'},
-         'resnet50': {'name': 'retinaface', 'network': 'resnet50'},
+# --network: RetinaFace under its backbone's name (the first, MobileNet0.25, also as 'retinaface'), or centerface
+ARCHS = {'retinaface': {'name': 'retinaface', 'network': next(iter(NETWORKS))},
+         **{network: {'name': 'retinaface', 'network': network} for network in NETWORKS},
          'centerface': {'name': 'centerface'}}
 
 
@@ -97,6 +99,27 @@ def images_per_second(args, device, channels_last: bool, amp_dtype) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
+def bench_device(name: str, threads: int) -> torch.device:
+    """The device to time on, with `threads` CPU threads for torch (0: its default) and cuDNN's autotuner on."""
+    device = runtime.select_device(name)
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def layout_variants(device: torch.device) -> list[tuple[str, bool, torch.dtype | None]]:
+    """(label, channels_last, autocast dtype) of the variants to time: NCHW fp32 (the baseline) and channels_last,
+    and both under autocast where the device has it."""
+    variants = [('NCHW fp32', False, None), ('channels_last fp32', True, None)]
+    amp = runtime.amp_dtype_for(device, True)
+    if amp is not None:
+        label = str(amp).replace('torch.', '')
+        variants += [(f'NCHW {label} autocast', False, amp), (f'channels_last {label} autocast', True, amp)]
+    return variants
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -108,16 +131,8 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads for torch (0: its default)')
     args = parser.parse_args(argv)
-    device = runtime.select_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-    variants = [('NCHW fp32', False, None), ('channels_last fp32', True, None)]
-    amp = runtime.amp_dtype_for(device, True)
-    if amp is not None:
-        label = str(amp).replace('torch.', '')
-        variants += [(f'NCHW {label} autocast', False, amp), (f'channels_last {label} autocast', True, amp)]
+    device = bench_device(args.device, args.threads)
+    variants = layout_variants(device)
     print(f'{args.network} at {args.image_size} px, batch {args.batch_size}, {device}, '
           f'{torch.get_num_threads()} CPU threads; {args.steps} timed steps after {args.warmup}')
     rates = {}

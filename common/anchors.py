@@ -1,4 +1,6 @@
-"""RetinaFace priors, ground-truth matching for a whole batch at once, and box / landmark encoding.
+"""RetinaFace priors and RetinaNet anchors, ground-truth matching for a whole batch at once, and box / landmark
+encoding. RetinaNet's anchors are in input pixels (cx, cy, w, h) and its ground truth in pixels (see the section
+at the end); the encoding is the same.
 
 Coordinates: priors are (cx, cy, w, h) normalised by the network input size; ground-truth boxes are x1, y1, x2, y2
 and landmarks (N,5,2) x, y, both normalised to [0, 1] by the input size (or in pixels with `image_size=(h, w)`).
@@ -155,15 +157,11 @@ def pad_targets(targets, device=None, image_size=None):
 
 
 @torch.no_grad()
-def match_padded(priors, boxes, landmarks, landmark_valid, gt_mask, threshold=0.35, drop_below=0.2,
-                 variances=VARIANCES) -> MatchResult:
-    """Match padded ground truths (B,G,...) with mask (B,G) to (P,4) priors, all images at once.
-
-    Rules (the reference recipe): a ground truth whose best prior IoU is below `drop_below` is dropped; every kept
-    ground truth claims its best prior (when two claim the same prior, the later one in the image's list wins);
-    any other prior takes its best-IoU ground truth and is a face when that IoU >= `threshold`, else background.
-    """
-    priors_xyxy = boxes_cxcywh_to_xyxy(priors)
+def best_matches(boxes, priors_xyxy, gt_mask, drop_below=0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """For padded ground truths (B,G,4) x1y1x2y2 with mask (B,G) and (P,4) x1y1x2y2 priors: each prior's best
+    ground truth (B,P) and its IoU (B,P), where every kept ground truth (its best IoU >= `drop_below`) claims its
+    best prior, whose IoU then reads 2 (when two claim the same prior, the later one in the image's list wins).
+    With no kept ground truth a prior's IoU is -1."""
     iou = box_iou_batched(boxes, priors_xyxy)                                    # (B,G,P)
     iou.masked_fill_(~gt_mask[..., None], -1.0)
     best_prior_iou, best_prior = iou.max(dim=2)                                  # (B,G)
@@ -178,7 +176,19 @@ def match_padded(priors, boxes, landmarks, landmark_valid, gt_mask, threshold=0.
     is_forced = forced >= 0
     best_gt = torch.where(is_forced, forced, best_gt)
     best_gt_iou = torch.where(is_forced, torch.full_like(best_gt_iou, 2.0), best_gt_iou)
+    return best_gt, best_gt_iou
 
+
+@torch.no_grad()
+def match_padded(priors, boxes, landmarks, landmark_valid, gt_mask, threshold=0.35, drop_below=0.2,
+                 variances=VARIANCES) -> MatchResult:
+    """Match padded ground truths (B,G,...) with mask (B,G) to (P,4) priors, all images at once.
+
+    Rules (the reference recipe): a ground truth whose best prior IoU is below `drop_below` is dropped; every kept
+    ground truth claims its best prior (when two claim the same prior, the later one in the image's list wins);
+    any other prior takes its best-IoU ground truth and is a face when that IoU >= `threshold`, else background.
+    """
+    best_gt, best_gt_iou = best_matches(boxes, boxes_cxcywh_to_xyxy(priors), gt_mask, drop_below)
     labels = (best_gt_iou >= threshold).long()
     positive = labels.bool()
     matched_boxes = torch.gather(boxes, 1, best_gt[..., None].expand(-1, -1, 4))
@@ -207,3 +217,101 @@ def match(priors, targets, threshold=0.35, image_size=None, drop_below=0.2, vari
     if len(parts) == 1:
         return parts[0]
     return MatchResult(*(torch.cat(field) for field in zip(*parts)))
+
+
+# ------------------------------------------------------------------------------------------------ RetinaNet
+
+RETINANET_STRIDES = (8, 16, 32, 64, 128)        # P3 .. P7
+RETINANET_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+RETINANET_RATIOS = (0.5, 1.0, 2.0)              # height / width
+BACKGROUND, IGNORED = -1, -2                    # AnchorTargets.labels of anchors that are not an object
+RETINANET_VARIANCES = (1.0, 1.0)                # the paper's box encoding: offsets in anchor sizes, unscaled
+
+
+def retinanet_anchor_sizes(input_size: int, reference: int = 512) -> tuple:
+    """Base anchor size per level: the paper's 4 x stride (32 .. 512) for inputs of `reference` px and larger,
+    shrunk in proportion below (16 .. 256 at 256 px), so the anchors cover the objects at the size the input shows
+    them."""
+    factor = min(1.0, input_size / reference)
+    return tuple(4 * stride * factor for stride in RETINANET_STRIDES)
+
+
+@lru_cache(maxsize=16)
+def _anchors_cpu(image_h: int, image_w: int, sizes: tuple, strides: tuple, scales: tuple, ratios: tuple):
+    levels = []
+    scale, ratio = torch.tensor(scales, dtype=torch.float64), torch.tensor(ratios, dtype=torch.float64)
+    for size, stride in zip(sizes, strides):
+        rows, cols = math.ceil(image_h / stride), math.ceil(image_w / stride)
+        cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * stride
+        cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * stride
+        widths = (size * scale[:, None] / ratio.sqrt()[None, :]).flatten()     # scale-major, then ratio
+        heights = (size * scale[:, None] * ratio.sqrt()[None, :]).flatten()
+        grid = torch.stack(torch.broadcast_tensors(cx[None, :, None], cy[:, None, None], widths[None, None, :],
+                                                   heights[None, None, :]), -1)
+        levels.append(grid.reshape(-1, 4))
+    return torch.cat(levels).float()
+
+
+def retinanet_anchors(image_h: int, image_w: int, sizes, strides=RETINANET_STRIDES, scales=RETINANET_SCALES,
+                      ratios=RETINANET_RATIOS, device=None) -> torch.Tensor:
+    """(A,4) anchors cx, cy, w, h in input pixels, ordered level, row, column, then scale x ratio (len(scales) *
+    len(ratios) per cell, 9 by default); level l has base size sizes[l] on a ceil(H/stride) x ceil(W/stride) grid
+    (what a ResNet + FPN produces for that input), centres at (j + 0.5) * stride."""
+    anchors = _anchors_cpu(int(image_h), int(image_w), tuple(float(s) for s in sizes), tuple(int(s) for s in strides),
+                           tuple(float(s) for s in scales), tuple(float(r) for r in ratios))
+    return anchors.to(device, copy=True) if device is not None else anchors.clone()
+
+
+class AnchorTargets(NamedTuple):
+    """Per-anchor training targets of a batch."""
+    labels: torch.Tensor    # (B,A) long: the class index of an object anchor, BACKGROUND (-1) or IGNORED (-2)
+    loc: torch.Tensor       # (B,A,4) encoded box targets of object anchors (0 elsewhere)
+    boxes: torch.Tensor     # (B,A,4) the matched ground truth x1y1x2y2 in pixels (0 elsewhere), for IoU losses
+    gt_index: torch.Tensor  # (B,A) long: index of the matched object in its image's list, -1 elsewhere
+
+
+def _pad_objects(targets, device):
+    """Per-image 'boxes' (N,4), 'labels' (N,), optional 'ignore' (N,) -> padded (B,G,...) tensors and a (B,G)
+    mask; G is at least 1 so images without objects keep the shapes simple."""
+    def column(t, key, shape, dtype):
+        value = t.get(key)
+        if value is None:
+            return torch.zeros((len(t['boxes']),) + shape, dtype=dtype)
+        return torch.as_tensor(value, dtype=dtype).reshape((-1,) + shape)
+    boxes = [column(t, 'boxes', (4,), torch.float32) for t in targets]
+    labels = [column(t, 'labels', (), torch.long) for t in targets]
+    ignore = [column(t, 'ignore', (), torch.bool) for t in targets]
+    present = [torch.ones(len(b), dtype=torch.bool) for b in boxes]
+    padded = [torch.nn.utils.rnn.pad_sequence(x, batch_first=True) for x in (boxes, labels, ignore, present)]
+    if padded[0].shape[1] == 0:
+        padded = [torch.zeros((len(targets), 1) + x.shape[2:], dtype=x.dtype) for x in padded]
+    return [x.to(device) for x in padded]
+
+
+@torch.no_grad()
+def match_anchors(anchors, targets, fg_iou: float = 0.5, bg_iou: float = 0.4, variances=RETINANET_VARIANCES,
+                  max_elements=2 ** 26) -> AnchorTargets:
+    """RetinaNet training targets for a batch, on the anchors' device. `targets`: per image {'boxes' (N,4) x1y1x2y2
+    input pixels, 'labels' (N,) class indices, optional 'ignore' (N,) bool (VOC's difficult objects)}; anchors
+    (A,4) from retinanet_anchors.
+
+    Rules (the paper's): an anchor whose best IoU with an object is >= fg_iou is that object's, < bg_iou is
+    background, in between ignored; every object also keeps its best anchor (common.anchors.best_matches, as
+    RetinaFace's matching). An anchor that goes to an `ignore` object is ignored instead of learnt, unless its IoU is
+    below bg_iou (then it is background, as for any other object). The (B,G,A) IoU runs in chunks of images of at
+    most `max_elements`."""
+    boxes, labels, ignore, present = _pad_objects(targets, anchors.device)
+    anchors_xyxy = boxes_cxcywh_to_xyxy(anchors)
+    chunk = max(1, max_elements // max(boxes.shape[1] * anchors.shape[0], 1))
+    best_gt, best_iou = (torch.cat(parts) for parts in zip(*(
+        best_matches(boxes[i:i + chunk], anchors_xyxy, present[i:i + chunk], drop_below=0.0)
+        for i in range(0, boxes.shape[0], chunk))))
+    matched_labels = torch.gather(labels, 1, best_gt)
+    matched_ignore = torch.gather(ignore, 1, best_gt)
+    positive = (best_iou >= fg_iou) & ~matched_ignore
+    state = torch.where(best_iou < bg_iou, BACKGROUND, IGNORED)
+    assigned = torch.where(positive, matched_labels, state)
+    matched_boxes = torch.gather(boxes, 1, best_gt[..., None].expand(-1, -1, 4))
+    loc = encode_boxes(matched_boxes, anchors, variances).masked_fill(~positive[..., None], 0.0)
+    return AnchorTargets(assigned, loc, matched_boxes.masked_fill(~positive[..., None], 0.0),
+                         torch.where(positive, best_gt, -1))

@@ -128,12 +128,14 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 class CheckpointManager:
     """The run directory's checkpoints: last.pt every epoch, best.pt on a new best, epoch_<N>.pt every
-    `save_every` epochs keeping the newest `keep`."""
+    `save_every` epochs keeping the newest `keep` (`prefix='iter'` names them iter_<N>.pt, for runs counted in
+    iterations)."""
 
-    def __init__(self, out_dir, keep: int = 3, save_every: int = 1):
+    def __init__(self, out_dir, keep: int = 3, save_every: int = 1, prefix: str = 'epoch'):
         self.out_dir = Path(out_dir)
         self.keep = keep
         self.save_every = save_every
+        self.prefix = prefix
 
     @property
     def last(self) -> Path:
@@ -148,11 +150,11 @@ class CheckpointManager:
         if is_best:
             save_checkpoint(state, self.best)
         if self.save_every > 0 and epoch % self.save_every == 0 and self.keep > 0:
-            save_checkpoint(state, self.out_dir / f'epoch_{epoch}.pt')
+            save_checkpoint(state, self.out_dir / f'{self.prefix}_{epoch}.pt')
             self._prune()
 
     def _prune(self):
-        numbered = sorted(self.out_dir.glob('epoch_*.pt'), key=lambda p: int(p.stem.split('_')[1]))
+        numbered = sorted(self.out_dir.glob(f'{self.prefix}_*.pt'), key=lambda p: int(p.stem.split('_')[1]))
         for old in numbered[:-self.keep]:
             old.unlink(missing_ok=True)
 

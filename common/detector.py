@@ -1,10 +1,12 @@
 """A face detector ready for inference: network + its decoder + batched NMS, raw BGR images in, detections in
 original-image pixels out. detect.py, the benchmarks and the WIDER FACE evaluation of every training script use it,
-so they all see exactly the same pre- and post-processing.
+so they all see exactly the same pre- and post-processing. The network is one of ours in PyTorch, or one of our
+exported .onnx files run by onnxruntime (common/onnx_model.py), which takes and gives the same tensors.
 """
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -28,9 +30,34 @@ def resize_scale(height: int, width: int, *, max_size: int | None = None, test_s
     return scale
 
 
+class InputConvention(NamedTuple):
+    """How images become a network's input."""
+    pad_bgr: tuple            # the BGR pixel the network maps to zero: what a batch of different sizes is padded with
+    size_multiple: int | None  # each side stretched to a multiple of this (the released CenterFace); None: any size
+    pixels: str               # what the network does with its BGR 0..255 input, in words (recorded in .onnx files)
+
+
+def input_convention(arch: dict) -> InputConvention:
+    if arch['name'] == 'centerface' and arch.get('variant') == 'released':
+        from .models.centerface import RELEASED_SIZE_MULTIPLE
+        return InputConvention((0, 0, 0), RELEASED_SIZE_MULTIPLE, 'BGR 0..255; inside: to RGB, no mean, no std '
+                               '(the released model\'s input); each side stretched to a multiple of 32')
+    if arch['name'] == 'centerface':
+        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
+                               '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
+    if arch['name'] == 'retinaface':
+        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: minus the mean (104, 117, 123), no scaling')
+    raise CheckpointError(f'no face detector input convention for network {arch["name"]!r}')
+
+
 def load_detector_model(weights, network: str | None = None, device='cpu') -> tuple[torch.nn.Module, dict]:
-    """Our checkpoint (the network is rebuilt from its `arch`) or a foreign RetinaFace state dict (Pytorch_Retinaface
-    layout, with or without `module.`), for which `network` says which backbone it has."""
+    """Our checkpoint (the network is rebuilt from its `arch`), a foreign RetinaFace state dict (Pytorch_Retinaface
+    layout, with or without `module.`), for which `network` says which backbone it has, or one of our exported .onnx
+    files (an OnnxModel: onnxruntime on the CPU, or its CUDA provider for a CUDA device when installed)."""
+    if Path(weights).suffix.lower() == '.onnx':
+        from .onnx_model import OnnxModel
+        model = OnnxModel(weights, device)
+        return model, model.arch
     state = load_checkpoint(weights)
     if isinstance(state, dict) and isinstance(state.get('arch'), dict):
         arch = state['arch']
@@ -53,37 +80,57 @@ def load_detector_model(weights, network: str | None = None, device='cpu') -> tu
 class FaceDetector:
     """`detector(list of BGR uint8 images) -> list of {'boxes' (N,4) xyxy, 'scores' (N,), 'landmarks' (N,5,2)}` in
     each image's own pixels; `detector.times` holds the last call's stage times in ms. Images of different sizes
-    are padded (with the mean colour, which the network maps to zero) to one batch, so a folder runs in batches; an
-    image alone keeps its own size, as the reference runs it. `pre_nms_top_k` / `keep_top_k` of None (or 0): no cap (the
+    are padded (with the colour the network maps to zero, `input_convention`) to one batch, so a folder runs in
+    batches; an image alone keeps its own size, as the reference runs it (the released CenterFace: stretched to sides
+    that are multiples of 32, as its authors run it). `pre_nms_top_k` / `keep_top_k` of None (or 0): no cap (the
     reference's WIDER FACE evaluation); the defaults are its demo's caps."""
 
     def __init__(self, model, arch: dict, device, *, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000,
                  keep_top_k=750, max_size=None, test_size=None, pad_multiple=1, fuse=True, channels_last=None):
         self.device = torch.device(device)
-        # folding BatchNorm into the convs copies the model: training goes on with the original untouched
-        self.model = fuse_for_inference(model) if fuse else model.eval()
-        if self.device.type == 'cpu' if channels_last is None else channels_last:  # measured faster on the CPU
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if not isinstance(model, torch.nn.Module):  # an OnnxModel: onnxruntime takes and gives CPU tensors
+            self.device, self.model = torch.device('cpu'), model
+        else:
+            # folding BatchNorm into the convs copies the model: training goes on with the original untouched
+            self.model = fuse_for_inference(model) if fuse else model.eval()
+            if self.device.type == 'cpu' if channels_last is None else channels_last:  # measured faster on the CPU
+                self.model = self.model.to(memory_format=torch.channels_last)
         self.arch = arch
+        self.convention = input_convention(arch)
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
         self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k or None, keep_top_k or None  # 0 or None: no cap
         self.max_size, self.test_size, self.pad_multiple = max_size, test_size, pad_multiple
         self.decode = decoder_for(arch)
+        self.border_rule = border_rule_for(arch)
         self.times = {}
 
-    def prepare(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[float]]:
-        """Resize each image by its scale, pad all to one size (a multiple of `pad_multiple`) and stack into a
-        uint8 (B,3,H,W) tensor on the CPU; returns the batch and the scales."""
+    def _stretch(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, tuple]:
+        """The image resized by `scale`, each side then rounded up to the convention's multiple (the released
+        CenterFace's preprocessing, in one resize); returns it with its (x, y) scale factors."""
+        m = self.convention.size_multiple
+        height, width = image.shape[:2]
+        new_h, new_w = math.ceil(height * scale / m) * m, math.ceil(width * scale / m) * m
+        if (new_h, new_w) != (height, width):
+            image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        return image, (new_w / width, new_h / height)
+
+    def prepare(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list]:
+        """Resize each image by its scale (and stretch it to the convention's size multiple), pad all to one size
+        (a multiple of `pad_multiple`) and stack into a uint8 (B,3,H,W) tensor on the CPU; returns the batch and the
+        scales (one factor per image, or an (x, y) pair per image when stretched)."""
         scales = [resize_scale(*im.shape[:2], max_size=self.max_size, test_size=self.test_size) for im in images]
-        resized = [im if s == 1.0 else cv2.resize(im, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
-                   for im, s in zip(images, scales)]
+        if self.convention.size_multiple:
+            resized, scales = zip(*(self._stretch(im, s) for im, s in zip(images, scales)))
+        else:
+            resized = [im if s == 1.0 else cv2.resize(im, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+                       for im, s in zip(images, scales)]
         m = self.pad_multiple
         height = math.ceil(max(im.shape[0] for im in resized) / m) * m
         width = math.ceil(max(im.shape[1] for im in resized) / m) * m
         if len(resized) == 1 and resized[0].shape[:2] == (height, width):
             return torch.from_numpy(resized[0]).permute(2, 0, 1)[None], scales  # a view: no copy, no padding
         batch = np.empty((len(resized), height, width, 3), np.uint8)
-        batch[:] = np.array([104, 117, 123], np.uint8)
+        batch[:] = np.array(self.convention.pad_bgr, np.uint8)
         for i, im in enumerate(resized):
             batch[i, :im.shape[0], :im.shape[1]] = im
         return torch.from_numpy(batch).permute(0, 3, 1, 2), scales
@@ -104,6 +151,8 @@ class FaceDetector:
         forwarded = time.perf_counter()
         boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:], self.pre_nms_top_k)
         boxes, landmarks = to_image_pixels(boxes, landmarks, scales)  # NMS in each image's own pixels
+        if self.border_rule is not None:
+            boxes, landmarks = self.border_rule(boxes, landmarks, [im.shape[:2] for im in images])
         results = postprocess(boxes, scores, landmarks, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                               pre_nms_top_k=self.pre_nms_top_k, keep_top_k=self.keep_top_k)
         results = [{k: v.float().cpu().numpy() for k, v in r.items()} for r in results]
@@ -129,8 +178,19 @@ def decoder_for(arch: dict):
         return decode
     if arch['name'] == 'centerface':
         from .heatmaps import decode_centerface
-        return lambda outputs, input_hw, top_k=None: decode_centerface(outputs, input_hw, top_k=top_k)
+        peaks_only = arch.get('variant') != 'released'  # the released decoder takes every cell above the threshold
+        return lambda outputs, input_hw, top_k=None: decode_centerface(outputs, input_hw, top_k=top_k,
+                                                                       peaks_only=peaks_only)
     raise CheckpointError(f'no decoder for network {arch["name"]!r}')
+
+
+def border_rule_for(arch: dict):
+    """`rule(boxes, landmarks, image_hw) -> boxes, landmarks` applied in image pixels before NMS, or None (boxes
+    as decoded): the released CenterFace's decoder moves boxes that cross the left / top edge inside."""
+    if arch['name'] == 'centerface' and arch.get('variant') == 'released':
+        from .heatmaps import start_inside_image
+        return start_inside_image
+    return None
 
 
 def is_image_file(path: Path) -> bool:

@@ -10,16 +10,21 @@ and the network is trained to output, at that one cell:
     'off'  c - cell, the sub-cell centre offset in [0, 1) (x, y)
     'wh'   log(w / down), log(h / down) with w = x2 - x1, h = y2 - y1 in input pixels
     'lm'   ((lx_k - x1) / w, (ly_k - y1) / h) for k = 1..5: each landmark relative to the box's top-left corner in
-           units of the box size (the encoding the released CenterFace models use), ordered lx1, ly1, .., lx5, ly5
+           units of the box size, ordered lx1, ly1, .., lx5, ly5
+The released CenterFace model encodes the same quantities in another order and origin: sizes (h, w), offsets (y, x)
+from the cell's centre (their centre is (cell + offset + 0.5) * down), landmarks (y, x). common.models.convert moves
+their heads into this encoding, and tests/test_detect_onnx.py checks the result against the authors' pipeline.
 Faces without landmarks train boxes only (`landmark_mask`). Regression targets are kept per sample, not as dense
 maps: the loss gathers the predictions at each sample's cell. Besides the centre cell, the cells near it where the
 face's Gaussian is high also regress the face (`reg_min`, weighted by the Gaussian, each face's weights summing to
 1), with 'off' = c - cell there; this gives large faces many box samples per step instead of one. With `pos_min`
 those cells are heatmap peaks (1) as well: any of them may fire for the face, since each decodes to its box.
 
-Decoding inverts it: peaks of the sigmoid heatmap (equal to their 3x3 max-pool), the top-K per image, and for each
+Decoding inverts it: peaks of the sigmoid heatmap (equal to their 3x3 max-pool; every cell for the released model,
+as its authors decode it), the top-K per image, and for each
 centre = (cell + off) * down, size = exp(wh) * down, landmark = centre - size / 2 + lm * size; NMS and the score
-threshold follow in common.postprocess.
+threshold follow in common.postprocess. `start_inside_image` is the released decoder's rule for boxes that cross the
+image's left or top edge.
 """
 import math
 from dataclasses import dataclass
@@ -147,16 +152,18 @@ def gather_at(maps: torch.Tensor, image: torch.Tensor, cell: torch.Tensor) -> to
     return maps.flatten(2)[image, :, cell]
 
 
-def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: int | None = 1000):
+def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: int | None = 1000,
+                      peaks_only: bool = True):
     """CenterFace outputs {'hm' logits, 'wh', 'off', 'lm'} for a batch whose input was (H, W) -> boxes (B,K,4)
     x1y1x2y2, scores (B,K), landmarks (B,K,5,2) in input pixels, K = min(top_k, cells) (None: all): the K strongest
     heatmap peaks (cells equal to their 3x3 max-pool) per image, strongest first. Non-peak cells have score 0, so
-    the score threshold of common.postprocess.postprocess drops them. `down` defaults to the input / map size ratio."""
+    the score threshold of common.postprocess.postprocess drops them. `peaks_only=False` keeps every cell (the
+    released model's decoder: NMS alone merges the neighbours). `down` defaults to the input / map size ratio."""
     heat = outputs['hm'].float().sigmoid()
     batch, _, height, width = heat.shape
     if down is None:
         down = 2 ** round(math.log2(int(input_hw[1]) / width))
-    peaks = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1))
+    peaks = heat * (heat == F.max_pool2d(heat, 3, stride=1, padding=1)) if peaks_only else heat
     scores, cell = peaks.view(batch, -1).topk(min(top_k or height * width, height * width), dim=1)  # (B,K)
 
     def at_peaks(name):  # (B,C,H,W) -> (B,K,C)
@@ -169,3 +176,14 @@ def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: i
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)
     landmarks = boxes[:, :, None, :2] + at_peaks('lm').view(batch, -1, 5, 2) * size[:, :, None, :]
     return boxes, scores, landmarks
+
+
+def start_inside_image(boxes: torch.Tensor, landmarks: torch.Tensor, image_hw: list) -> tuple:
+    """The released CenterFace decoder's rule at the image border, batched: a box's top-left corner is clamped into
+    the image and the box keeps its size from there (cut only by the right / bottom edge), its landmarks moving with
+    the corner. boxes (B,K,4) and landmarks (B,K,5,2) in image pixels; image_hw one (height, width) per image."""
+    limit = torch.tensor([[w, h] for h, w in image_hw], dtype=boxes.dtype, device=boxes.device)[:, None, :]
+    corner = torch.minimum(boxes[..., :2].clamp(min=0), limit)
+    size = boxes[..., 2:] - boxes[..., :2]
+    shift = corner - boxes[..., :2]
+    return torch.cat([corner, torch.minimum(corner + size, limit)], dim=-1), landmarks + shift[:, :, None, :]

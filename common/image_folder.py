@@ -10,6 +10,8 @@ The classes, the sample list and `dataset[i] -> (transformed image, class index)
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -55,3 +57,28 @@ class ImageFolderDataset(ImageFolder):
             names = ', '.join(f'{Path(p).relative_to(self.root)} ({why})' for p, why in self.skipped[:3])
             text += f'; skipped {len(self.skipped)} unreadable: {names}{", ..." if len(self.skipped) > 3 else ""}'
         return text
+
+
+class SeededImageFolder(ImageFolderDataset):
+    """ImageFolderDataset whose random transforms (torchvision's, which draw from torch's global generator) are a
+    function of (seed, epoch, sample index) alone: each sample is transformed under torch's generator seeded from
+    those three and restored afterwards. A resumed run, or one with another --workers, then draws the same
+    augmentations, and the transforms take nothing from the generator the training step uses. Call
+    `set_epoch(epoch)` before each epoch."""
+
+    def __init__(self, root, transform=None, verbose: bool = True, scan_threads: int = 8, seed: int = 0):
+        super().__init__(root, transform, verbose, scan_threads)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = self.loader(path)
+        if self.transform is not None:
+            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                image = self.transform(image)
+        return image, label

@@ -5,6 +5,7 @@ still gives a seeded shuffle that a resumed run repeats. Workers are started afr
 their random seeds then come from the main process's torch generator, which the checkpoint saves and `--resume`
 restores, so a resumed run draws the same augmentations as an uninterrupted one.
 """
+import itertools
 import os
 
 import torch
@@ -17,12 +18,30 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose `set_epoch(epoch, start)` also skips the first `start` indices of this process's
+    share of the epoch, so an iteration-based run resumed mid-epoch goes on with the batch it would have drawn next
+    (start=0: DistributedSampler's behaviour)."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start
+
+
 def make_loader(dataset, *, batch_size: int, rt: Runtime, train: bool, workers: int, collate_fn=None,
                 seed: int = 0) -> DataLoader:
     """Shuffled and sharded (train: the last partial batch dropped) or in order (evaluation). `workers` is capped at
     the cores this process may use: more workers than cores only fight the training for them. Call
-    `loader.sampler.set_epoch(epoch)` before each epoch."""
-    sampler = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=train, seed=seed,
+    `loader.sampler.set_epoch(epoch)` before each epoch (`set_epoch(epoch, start)` to resume inside it)."""
+    sampler = ResumableSampler(dataset, num_replicas=rt.world_size, rank=rt.rank, shuffle=train, seed=seed,
                                  drop_last=train)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=min(workers, usable_cores()),
                       collate_fn=collate_fn, pin_memory=rt.device.type == 'cuda', drop_last=train,

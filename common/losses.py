@@ -6,12 +6,18 @@ them; loss = 2 * loc + cls + landm, each part divided by its number of positives
 
 CenterNetLoss (CenterFace): penalty-reduced focal loss (or the tutorial's MSE) on the heatmap, masked smooth L1 on
 offset, log size and landmarks at each face's regression cells; loss = hm + off + wh + 0.1 lm by default.
+
+RetinaNetLoss (RetinaNet): sigmoid focal loss over the anchors that are not ignored plus smooth L1 or GIoU on the
+object anchors' boxes, each divided by the number of object anchors.
+
+SoftmaxFocalLoss (recognition): the focal loss (gamma 2) on the margin head's logits.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .anchors import MatchResult
+from .anchors import IGNORED, RETINANET_VARIANCES, MatchResult, decode_boxes
 from .heatmaps import CenterTargets, gather_at
 
 
@@ -127,3 +133,62 @@ class CenterNetLoss(nn.Module):
                  'lm': regression('lm', t.landmarks, t.landmark_mask)}
         loss = sum(self.weights[k] * v for k, v in parts.items())
         return loss, {k: v.detach() for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- recognition
+
+
+class SoftmaxFocalLoss(nn.Module):
+    """The recognition tutorial's focal loss on margin-head logits: with ce the per-sample cross-entropy and
+    p = exp(-ce) the probability of the true identity, the mean of (1 - p)^gamma * ce. gamma 0 is cross-entropy;
+    gamma 2 (the tutorial's) down-weighs identities the network already gets right. Computed in float32."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), labels, reduction='none')
+        return ((1 - torch.exp(-ce)) ** self.gamma * ce).mean()
+
+
+# ---------------------------------------------------------------------------------------------------- RetinaNet
+
+
+class RetinaNetLoss(nn.Module):
+    """`criterion((cls_logits (B,A,K), box_offsets (B,A,4)), targets, anchors) -> (loss, {'cls', 'box'})` with
+    targets the common.anchors.match_anchors AnchorTargets of the batch.
+
+    cls: sigmoid focal loss (torchvision.ops.sigmoid_focal_loss, alpha 0.25, gamma 2) over every anchor that is not
+    ignored, one-hot on the object anchors' classes, summed and divided by the number of object anchors (at least
+    1), as the paper normalises. box: smooth L1 on the encoded offsets of object anchors ('smooth_l1', beta
+    `beta`: Detectron's 1/9 for the paper's unscaled encoding), or the GIoU loss of the boxes decoded with
+    `variances` against their objects ('giou'), divided by the same count. loss = cls + box_weight * box.
+    Computed in float32 (stable under mixed precision)."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, box_loss: str = 'smooth_l1', box_weight: float = 1.0,
+                 beta: float = 1 / 9, variances=RETINANET_VARIANCES):
+        super().__init__()
+        if box_loss not in ('smooth_l1', 'giou'):
+            raise ValueError(f'box_loss must be "smooth_l1" or "giou", got {box_loss!r}')
+        self.alpha, self.gamma, self.box_loss, self.box_weight, self.beta = alpha, gamma, box_loss, box_weight, beta
+        self.variances = variances
+
+    def forward(self, predictions, targets, anchors):
+        cls_logits, box_offsets = (p.float() for p in predictions)
+        positive = targets.labels >= 0
+        counted = targets.labels != IGNORED                               # between the IoU thresholds: no loss
+        num_pos = positive.sum().clamp(min=1).float()
+        one_hot = torch.zeros_like(cls_logits)
+        one_hot[positive] = F.one_hot(targets.labels[positive], cls_logits.shape[-1]).float()
+        loss_cls = sigmoid_focal_loss(cls_logits[counted], one_hot[counted], self.alpha, self.gamma,
+                                      reduction='sum') / num_pos
+        if self.box_loss == 'giou':
+            anchors = anchors.expand(box_offsets.shape[0], -1, -1)[positive]
+            decoded = decode_boxes(box_offsets[positive], anchors, self.variances)
+            loss_box = generalized_box_iou_loss(decoded, targets.boxes[positive], reduction='sum') / num_pos
+        else:
+            loss_box = F.smooth_l1_loss(box_offsets[positive], targets.loc[positive], reduction='sum',
+                                        beta=self.beta) / num_pos
+        loss = loss_cls + self.box_weight * loss_box
+        return loss, {'cls': loss_cls.detach(), 'box': loss_box.detach()}

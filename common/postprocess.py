@@ -74,7 +74,10 @@ def postprocess(boxes, scores, landmarks=None, conf_thres=0.02, nms_thres=0.4, p
 
 def to_image_pixels(boxes, landmarks, scales):
     """Decoded boxes (B,K,4) and landmarks (B,K,5,2) in network-input pixels -> each image's own pixels, where
-    `scales` holds one factor per image (input = original * scale). Done before NMS, as the reference does: its +1
-    pixel IoU depends on the pixel size, so NMS on resized images keeps other boxes otherwise."""
+    `scales` holds one factor per image (input = original * scale), or one (x, y) pair per image for inputs stretched
+    differently along the two axes (the released CenterFace's sides rounded up to multiples of 32). Done before NMS, as
+    the reference does: its +1 pixel IoU depends on the pixel size, so NMS on resized images keeps other boxes
+    otherwise."""
     scales = torch.as_tensor(scales, dtype=torch.float32, device=boxes.device)
-    return boxes.float() / scales[:, None, None], landmarks.float() / scales[:, None, None, None]
+    xy = scales[:, None].expand(-1, 2) if scales.dim() == 1 else scales  # (B,2): x and y factors
+    return boxes.float() / xy.repeat(1, 2)[:, None, :], landmarks.float() / xy[:, None, None, :]

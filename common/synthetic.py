@@ -2,6 +2,9 @@
 
     python -m common.synthetic widerface --out data/synthetic_widerface --num-images 600 --seed 0
     python -m common.synthetic contact-sheet --data data/synthetic_widerface --out docs/synthetic_widerface.png
+    python -m common.synthetic identities --out data/identities --seed 0    (people: common/synthetic_identities.py)
+    python -m common.synthetic voc --out data/synthetic_voc --num-images 300 --seed 0   (objects: object_drawing.py)
+    python -m common.synthetic imagefolder --out data/synthetic_objects --seed 0        (one object per image)
 
 Each kind is one function `make_<kind>(out, num_images, seed)` listed in KINDS; the same seed writes the same bytes.
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import object_drawing, synthetic_identities
 from .face_drawing import make_face_image
 
 JPEG_QUALITY = 90
@@ -220,6 +224,9 @@ def contact_sheet(data, out, columns: int = 3, rows: int = 2, tile: int = 320, c
 # kind name -> make_<kind>(out, num_images, seed); the other kinds add their writer here
 KINDS = {
     'widerface': make_widerface,
+    'identities': synthetic_identities.make_identities,  # face recognition: common/synthetic_identities.py
+    'voc': object_drawing.make_voc,                      # objects, Pascal VOC layout: common/object_drawing.py
+    'imagefolder': object_drawing.make_imagefolder,      # one object per image, for pretrain_extractor.py
 }
 
 
@@ -229,7 +236,10 @@ def main(argv=None) -> int:
     for kind, make in KINDS.items():
         sub = commands.add_parser(kind, help=(make.__doc__ or '').split('\n')[0])
         sub.add_argument('--out', required=True, help='output folder')
-        sub.add_argument('--num-images', type=int, default=600, help='number of (train) images')
+        if kind == 'identities':  # sized in people and pictures per person
+            synthetic_identities.add_flags(sub)
+        else:
+            sub.add_argument('--num-images', type=int, default=600, help='number of (train) images')
         sub.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
     sheet = commands.add_parser('contact-sheet', help='PNG grid of a synthetic WIDER FACE folder with its labels')
     sheet.add_argument('--data', required=True, help='folder written by the widerface kind')
@@ -241,6 +251,10 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         print(f'wrote {contact_sheet(args.data, args.out)}')
+        return 0
+    if args.command == 'identities':
+        out = synthetic_identities.make_identities(args.out, seed=args.seed, **synthetic_identities.sizes_from(args))
+        print(f'wrote {out}')
         return 0
     if args.num_images < 1:
         print(f'error: --num-images must be at least 1, got {args.num_images}', file=sys.stderr)

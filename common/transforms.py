@@ -16,20 +16,24 @@ BGR_MEAN = (104, 117, 123)                # padding colour: zero after the detec
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
 FLIP_ORDER = [1, 0, 2, 4, 3]              # left eye <-> right eye, left mouth corner <-> right mouth corner
 FACE_KEYS = ('boxes', 'landmarks', 'landmark_valid')
+OBJECT_KEYS = FACE_KEYS + ('labels', 'difficult')  # per-object arrays; box-only targets (VOC) lack the landmarks
 
 
 def select_faces(target: dict, keep: np.ndarray) -> dict:
-    """The target with only the faces where `keep` is True (other keys untouched)."""
+    """The target with only the faces (objects) where `keep` is True (other keys untouched)."""
     out = dict(target)
-    for key in FACE_KEYS:
-        out[key] = target[key][keep]
+    for key in OBJECT_KEYS:
+        if key in target:
+            out[key] = target[key][keep]
     return out
 
 
-def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250, clip_boxes: bool = True):
+def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250, clip_boxes: bool = True,
+                       whole_face: bool = False):
     """Crop a square of scale x short side at a random place, keeping the faces whose centre lies inside
-    (boxes clipped to the crop unless `clip_boxes` is False, landmarks shifted). Up to `tries` attempts must keep
-    at least one face (an image without faces takes the first crop); otherwise the image comes back whole.
+    (boxes clipped to the crop unless `clip_boxes` is False, landmarks shifted). A crop is taken when it keeps at
+    least one face, with `whole_face` only when at least one face lies wholly inside it (the reference's rule);
+    an image without faces takes the first crop. After `tries` refused attempts the image comes back whole.
     Returns (image, target, cropped)."""
     height, width = image.shape[:2]
     boxes = target['boxes']
@@ -42,6 +46,11 @@ def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250,
         top = int(rng.integers(0, height - side + 1))
         inside = ((centres[:, 0] > left) & (centres[:, 0] < left + side)
                   & (centres[:, 1] > top) & (centres[:, 1] < top + side))
+        if whole_face:
+            enclosed = ((boxes[:, 0] >= left) & (boxes[:, 1] >= top)
+                        & (boxes[:, 2] <= left + side) & (boxes[:, 3] <= top + side))
+            if len(boxes) and not enclosed.any():
+                continue
         if len(boxes) and not inside.any():
             continue
         out = select_faces(target, inside)
@@ -50,8 +59,9 @@ def random_square_crop(image, target, rng, scales=CROP_SCALES, tries: int = 250,
         if clip_boxes:
             boxes = np.clip(boxes, offset, offset + side)
         out['boxes'] = (boxes - offset).reshape(-1, 4)
-        out['landmarks'] = np.where(out['landmark_valid'][:, None, None], out['landmarks'] - offset, 0)
-        out['landmarks'] = out['landmarks'].astype(np.float32)
+        if 'landmarks' in out:
+            out['landmarks'] = np.where(out['landmark_valid'][:, None, None], out['landmarks'] - offset, 0)
+            out['landmarks'] = out['landmarks'].astype(np.float32)
         return image[top:top + side, left:left + side], out, True
     return image, target, False
 
@@ -101,9 +111,10 @@ def horizontal_flip(image, target):
     out = dict(target)
     boxes = target['boxes']
     out['boxes'] = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-    landmarks = target['landmarks'][:, FLIP_ORDER].copy()
-    landmarks[..., 0] = np.where(target['landmark_valid'][:, None], width - landmarks[..., 0], 0)
-    out['landmarks'] = landmarks
+    if 'landmarks' in target:
+        landmarks = target['landmarks'][:, FLIP_ORDER].copy()
+        landmarks[..., 0] = np.where(target['landmark_valid'][:, None], width - landmarks[..., 0], 0)
+        out['landmarks'] = landmarks
     return np.ascontiguousarray(image[:, ::-1]), out
 
 
@@ -112,7 +123,8 @@ def scale_target(target, scale) -> dict:
     sx, sy = (scale, scale) if np.isscalar(scale) else scale
     out = dict(target)
     out['boxes'] = (target['boxes'] * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
-    out['landmarks'] = (target['landmarks'] * np.array([sx, sy], np.float32)).astype(np.float32)
+    if 'landmarks' in target:
+        out['landmarks'] = (target['landmarks'] * np.array([sx, sy], np.float32)).astype(np.float32)
     return out
 
 
@@ -127,8 +139,9 @@ class TrainTransform:
     """
 
     def __init__(self, image_size: int = 640, crop_scales=CROP_SCALES, crop_tries: int = 250, flip: bool = True,
-                 distort: bool = True, fill=BGR_MEAN, clip_boxes: bool = True):
+                 distort: bool = True, fill=BGR_MEAN, clip_boxes: bool = True, whole_face: bool = False):
         self.image_size = image_size
+        self.whole_face = whole_face
         self.crop_scales = tuple(crop_scales)
         self.crop_tries = crop_tries
         self.flip = flip
@@ -138,7 +151,7 @@ class TrainTransform:
 
     def __call__(self, image, target, rng: np.random.Generator):
         image, target, _ = random_square_crop(image, target, rng, self.crop_scales, self.crop_tries,
-                                             self.clip_boxes)
+                                             self.clip_boxes, self.whole_face)
         if self.distort:
             image = photometric_distort(image, rng)
         image = pad_to_square(image, self.fill)

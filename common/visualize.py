@@ -23,6 +23,22 @@ def plot_history(rows: list[dict], path, keys=None, title: str = ''):
     plt.close(fig)
 
 
+def _finish_unit_square(fig, ax, path, xlabel: str, ylabel: str, title: str, legend: str | None):
+    """Label a plot of rates on [0, 1] x [0, 1], add the legend at `legend` (None: no legend), save, close."""
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(loc=legend)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_pr_curves(curves: dict, path, title: str = 'precision-recall'):
     """Precision-recall curves, one per entry of {name: {'precision', 'recall'[, 'ap']}}; AP in the legend.
 
@@ -37,17 +53,17 @@ def plot_pr_curves(curves: dict, path, title: str = 'precision-recall'):
         shown = np.isfinite(recall) & np.isfinite(precision) & (recall > 0)  # drop thresholds with no detection
         label = f'{name} (AP {curve["ap"]:.4f})' if curve.get('ap') is not None else str(name)
         ax.plot(recall[shown], precision[shown], label=label)
-    ax.set_xlabel('recall')
-    ax.set_ylabel('precision')
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(loc='lower left')
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_unit_square(fig, ax, path, 'recall', 'precision', title, legend='lower left' if curves else None)
+
+
+def plot_roc(fpr, tpr, path, label: str = '', title: str = 'ROC'):
+    """A verification ROC curve (true against false positive rate), e.g. from common.evaluation.lfw.roc_curve."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.plot(fpr, tpr, label=label or None)
+    ax.plot([0, 1], [0, 1], color='grey', linewidth=0.8, linestyle='--')
+    _finish_unit_square(fig, ax, path, 'false positive rate', 'true positive rate', title,
+                        legend='lower right' if label else None)
 
 
 # left eye, right eye, nose, left mouth corner, right mouth corner (BGR)

@@ -11,9 +11,18 @@ SHARED_DATA = Path(os.environ.get('FACEKIT_SHARED_DATA', REPO.parent / 'shared' 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# pytest.ini runs the tests in two worker processes (pytest-xdist). Each of them, and every script a test starts,
+# then uses one thread: two OpenMP pools of two threads each on two cores spin against each other and run slower
+# than one.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
+    import torch
+    torch.set_num_threads(1)
+
 
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: a learning test (trains to a floor); deselect with -m "not slow"')
+    config.addinivalue_line('markers', 'slow: a learning test (trains to a floor) or a whole-script run of several '
+                            'seconds (resume, torchrun, export, real data); deselect with -m "not slow"')
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 import torch
 
 from common.models import build_model
@@ -17,6 +18,7 @@ def run_bench(repo_root, *args):
                           cwd=repo_root, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_retinaface_against_reference_and_centerface_compared(repo_root, shared_data, tmp_path):
     source = tmp_path / 'photos'
     source.mkdir()

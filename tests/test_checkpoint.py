@@ -50,6 +50,7 @@ def test_missing_and_corrupt_files_say_which(tmp_path):
         load_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_never_leaves_a_broken_last_pt(tmp_path):
     """A child saves a large checkpoint in a loop; we SIGKILL it at several moments and load last.pt each time."""
     script = textwrap.dedent(f'''

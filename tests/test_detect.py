@@ -58,6 +58,7 @@ def test_folder_with_non_images_and_txt_format(repo_root, shared_data, weights, 
     assert not (out / 'notes.txt').exists() and not (out / 'broken.txt').exists()
 
 
+@pytest.mark.slow
 def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_path):
     state = torch.load(weights, map_location='cpu', weights_only=True)
     checkpoint = tmp_path / 'best.pt'
@@ -96,6 +97,7 @@ def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_p
     assert '2 images' in proc.stdout and (tmp_path / 'video' / 'clip.mp4').stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_images_without_faces_and_untrained_checkpoint(repo_root, tmp_path):
     """An image where no face passes the threshold is ordinary input: its txt file (count 0) and drawn copy are
     written like any other; files that are not images are named and skipped; exit 0."""
@@ -121,7 +123,7 @@ def test_images_without_faces_and_untrained_checkpoint(repo_root, tmp_path):
 @pytest.mark.parametrize('kind', ['truncated', 'empty', 'jpeg'])
 def test_bad_weights_file_is_one_line_exit_2(kind, tmp_path, capsys):
     import detect
-    from test_finetune_retinaface import assert_one_line_naming, bad_weights_files
+    from bad_input import assert_one_line_naming, bad_weights_files
     path, says = bad_weights_files(tmp_path)[kind]
     with pytest.raises(SystemExit) as stop:
         detect.main(detect.parse_args(['--weights', str(path), '--network', 'mobile0.25', '--source', str(tmp_path),

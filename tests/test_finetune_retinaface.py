@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from bad_input import assert_one_line_naming, bad_weights_files, check_weights_flags
 from common.checkpoint import load_checkpoint
 from common.synthetic import make_widerface
 
@@ -43,6 +44,7 @@ FAST = ('--image-size', 160, '--batch-size', 8, '--workers', 0, '--device', 'cpu
         '--save-every', 1, '--lr-steps', 1, '--warmup-epochs', 0, '--top-k', 300, '--keep-top-k', 100)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_exact_then_evaluates(tiny_wider, tmp_path, repo_root):
     """A run SIGKILLed after its first epoch and resumed with --resume ends with the same weights, to the bit, as
     an uninterrupted run with the same seed: weights, optimiser, LR schedule, random generators and the
@@ -95,6 +97,7 @@ def test_killed_run_resumes_bit_exact_then_evaluates(tiny_wider, tmp_path, repo_
     assert json.loads((tmp_path / 'eval' / 'results.json').read_text()) == pytest.approx(results, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun(tiny_wider, tmp_path, repo_root):
     """DDP on the CPU (gloo): each process trains on half the data, only rank 0 prints, logs and saves."""
     out = tmp_path / 'ddp'
@@ -124,52 +127,12 @@ def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, rep
     assert f'label.txt:{face_line + 1}:' in result.stderr
 
 
-def bad_weights_files(folder):
-    """A truncated checkpoint (the first 5 kB of one in Pytorch_Retinaface's .pth layout), an empty file and a JPEG,
-    with what the message must say of each."""
-    folder.mkdir(exist_ok=True)
-    from common.models.retinaface import RetinaFace
-    whole = folder / 'whole.pth'
-    torch.save(RetinaFace('mobile0.25').state_dict(), whole, _use_new_zipfile_serialization=False)
-    (folder / 'truncated.pth').write_bytes(whole.read_bytes()[:5000])
-    (folder / 'empty.pth').write_bytes(b'')
-    (folder / 'photo.pth').write_bytes(cv2.imencode('.jpg', np.zeros((16, 16, 3), np.uint8))[1].tobytes())
-    return {'truncated': (folder / 'truncated.pth', 'truncated or damaged'), 'empty': (folder / 'empty.pth', 'empty'),
-            'jpeg': (folder / 'photo.pth', 'not a PyTorch checkpoint (a JPEG image)')}
-
-
-def assert_one_line_naming(status, stderr, flag, name, says):
-    """Exit 2 and one line `error: <flag>: <file> ...` saying what the file is not; never the weights_only security
-    message, which is only for real checkpoints holding pickled objects."""
-    message = stderr.strip()
-    assert status == 2, stderr[-2000:]
-    assert message.count('\n') == 0 and 'Traceback' not in message, message
-    assert message.startswith(f'error: {flag}: ') and name in message and says in message, message
-    assert 'weights_only' not in message, message
-
-
-def main_exit(argv, capsys):
-    """finetune_retinaface.main in this process (the code the command line runs, without another interpreter
-    start): its exit status and what it printed on stderr."""
-    import finetune_retinaface
-    with pytest.raises(SystemExit) as stop:
-        finetune_retinaface.main(finetune_retinaface.parse_args([str(a) for a in argv]))
-    return stop.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize('kind', ['truncated', 'empty', 'jpeg'])
 def test_bad_pretrained_weights_and_resume_files(kind, tiny_wider, tmp_path, capsys):
     path, says = bad_weights_files(tmp_path)[kind]
-    common = ('--data-root', tiny_wider, '--epochs', 1, *FAST)
-    status, err = main_exit(['--out', tmp_path / 'a', '--pretrained', path, *common], capsys)
-    assert_one_line_naming(status, err, '--pretrained', path.name, says)
-    status, err = main_exit(['--data-root', tiny_wider, '--out', tmp_path / 'b', '--evaluate', '--weights', path,
-                             '--network', 'mobile0.25', '--device', 'cpu'], capsys)
-    assert_one_line_naming(status, err, '--weights', path.name, says)
-    (tmp_path / 'c').mkdir()
-    os.link(path, tmp_path / 'c' / 'last.pt')
-    status, err = main_exit(['--out', tmp_path / 'c', '--resume', *common], capsys)
-    assert_one_line_naming(status, err, '--resume', 'last.pt', says)
+    check_weights_flags('finetune_retinaface', path, says, tmp_path, capsys,
+                        train_flags=('--data-root', tiny_wider, '--epochs', 1, *FAST),
+                        eval_flags=('--data-root', tiny_wider, '--network', 'mobile0.25', '--device', 'cpu'))
 
 
 def test_bad_pretrained_file_from_the_command_line(tiny_wider, tmp_path, repo_root):
@@ -181,13 +144,15 @@ def test_bad_pretrained_file_from_the_command_line(tiny_wider, tmp_path, repo_ro
 
 @pytest.mark.slow
 def test_learns_synthetic_faces(tmp_path, repo_root):
-    """The README's quick-start training (200 synthetic images, 20 epochs at 320 px, from scratch) must find faces:
-    it measured Easy AP 0.85 on 2 CPU cores in under 3 minutes; an untrained network scores about 0.002."""
+    """From scratch on 200 synthetic images, 12 epochs at 256 px (150 steps), the default recipe: RetinaFace must
+    find faces it never saw. Measured Easy / Medium AP 0.60 / 0.51 and 0.62 / 0.60 (seeds 0 and 1), about 1.5
+    minutes on one thread; an untrained network scores about 0.002. The README's acceptance run (600 images,
+    30 epochs) goes on to Easy 0.999."""
     data = tmp_path / 'data'
     make_widerface(data, num_images=200, seed=0)
     out = tmp_path / 'learn'
-    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 320, '--epochs', 20, '--batch-size', 16,
-                 '--workers', 1, '--device', 'cpu', '--seed', 0, timeout=1200)
+    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 256, '--epochs', 12, '--batch-size', 16,
+                 '--workers', 1, '--device', 'cpu', '--seed', 0, '--eval-every', 0, '--save-every', 0, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['easy'] >= 0.6, results
+    assert results['easy'] >= 0.35 and results['medium'] >= 0.3, results

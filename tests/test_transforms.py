@@ -113,6 +113,28 @@ def test_crop_can_keep_whole_boxes_of_cut_faces():
     assert cut > 0  # some crops did cut a face
 
 
+def test_whole_face_rule_takes_only_crops_holding_a_whole_face():
+    """The reference's rule: a crop is taken only when some face lies wholly inside it; the faces kept are still
+    those whose centre is inside. Without the rule some crops hold no whole face."""
+    image = coordinate_image(240, 320)
+    _, target = marked_sample()
+    without_whole = 0
+    for seed in range(60):
+        for whole_face in (True, False):
+            crop, out, cropped = random_square_crop(image, target, np.random.default_rng(seed), whole_face=whole_face)
+            left, top = where(crop[0, 0])
+            side = crop.shape[0]
+            enclosed = ((FACES[:, :2] >= [left, top]) & (FACES[:, 2:] <= [left + side, top + side])).all(1)
+            centres = (FACES[:, :2] + FACES[:, 2:]) / 2
+            inside = ((centres > [left, top]) & (centres < [left + side, top + side])).all(1)
+            assert cropped and len(out['boxes']) == inside.sum()
+            if whole_face:
+                assert enclosed.any()
+            else:
+                without_whole += int(not enclosed.any())
+    assert without_whole > 0
+
+
 def test_crop_falls_back_to_whole_image_and_handles_no_faces():
     rng = np.random.default_rng(0)
     image = np.zeros((100, 200, 3), np.uint8)

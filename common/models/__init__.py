@@ -22,10 +22,28 @@ def _build_centerface(arch: dict) -> torch.nn.Module:
     return build_centerface(arch)
 
 
+def _build_recognition(arch: dict) -> torch.nn.Module:
+    from .recognition import build_recognition
+    return build_recognition(arch)
+
+
+def _build_retinanet(arch: dict) -> torch.nn.Module:
+    from .retinanet import build_retinanet
+    return build_retinanet(arch)
+
+
+def _build_extractor(arch: dict) -> torch.nn.Module:  # pretrain_extractor.py's classifier
+    from .retinanet import build_extractor
+    return build_extractor(arch)
+
+
 # arch['name'] -> builder(arch); each network family adds its entry here
 BUILDERS = {
     'retinaface': _build_retinaface,
     'centerface': _build_centerface,
+    'retinanet': _build_retinanet,
+    'extractor': _build_extractor,
+    'recognition': _build_recognition,
 }
 
 

@@ -11,6 +11,19 @@ The outputs are raw: `hm` holds logits (sigmoid at decoding and in the loss). Wh
 target encoding in common/heatmaps.py. The neck and heads are kept narrow (24 channels by default) because at
 stride 4 every channel costs H*W/16 positions: at 256 px the four heads cost about as much as a quarter of the
 backbone.
+
+`ReleasedCenterFace` (arch {'name': 'centerface', 'variant': 'released'}) has the layers of the authors' released
+model, which they published as ONNX only; `python -m common.models.convert --centerface-onnx` fills it from that file:
+    image (B,3,H,W) BGR 0..255, H and W multiples of 32 -> RGB, no mean, no std
+    -> MobileNetV2 (ReLU, not ReLU6; each BatchNorm folded into its conv's bias, as the file holds them), features
+       at strides 4, 8, 16, 32 (24, 32, 96, 320 channels)
+    -> neck: 1x1 conv + ReLU per level to 24 channels; from the coarsest level three times a 2x2 stride-2
+       transposed conv + BN + ReLU, added to the next finer level
+    -> 3x3 conv + ReLU (24) -> four 1x1 heads 'hm' 1, 'wh' 2, 'off' 2, 'lm' 10.
+Its outputs follow our encoding (common/heatmaps.py), not the file's: the converter puts the released heads' (h, w),
+(y, x) and landmark (y, x) channels in our (x, y) order, adds the file's half-cell centre offset to the offset bias,
+and leaves the heatmap as logits (the file applies the sigmoid inside). So one decoder serves both variants and
+`train_centernet.py --pretrained` trains it with our targets.
 """
 import math
 
@@ -110,8 +123,87 @@ class CenterFace(nn.Module):
                 if k.startswith('features.') and not k.startswith(skipped)}
 
 
-def build_centerface(arch: dict) -> CenterFace:
-    """CenterFace from an arch dict such as DEFAULT_ARCH (missing keys take its values)."""
+# ------------------------------------------------------------------------------------ the released model's layers
+
+RELEASED_ARCH = {'name': 'centerface', 'variant': 'released', 'down': 4}
+# MobileNetV2's inverted residual stages: (expansion, output channels, blocks, stride of the first block)
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+RELEASED_TAPS = (3, 6, 13, 17)  # the body blocks that end strides 4, 8, 16, 32
+RELEASED_CHANNELS = 24
+RELEASED_SIZE_MULTIPLE = 32     # each 2x2 transposed conv doubles its input: every level must halve exactly
+
+
+def conv_relu(in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv with bias (where the released file folded a BatchNorm) + ReLU."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups), nn.ReLU(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion + ReLU (absent at expansion 1), depthwise 3x3 + ReLU, linear 1x1
+    projection; the input is added back when the shape is unchanged."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = in_ch * expansion
+        layers = [conv_relu(in_ch, hidden)] if expansion != 1 else []
+        layers += [conv_relu(hidden, hidden, 3, stride, groups=hidden), nn.Conv2d(hidden, out_ch, 1)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class ReleasedCenterFace(nn.Module):
+    """`model(images) -> {'hm', 'wh', 'off', 'lm'}` at stride 4 in our encoding, like CenterFace; images are BGR
+    0..255 (uint8 or float) with H and W multiples of 32 (common.detector stretches each image to that, as the
+    authors' pipeline does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = 4
+        blocks, in_ch = [conv_relu(3, 32, 3, stride=2)], 32
+        for expansion, out_ch, count, stride in MOBILENET_V2_STAGES:
+            for i in range(count):
+                blocks.append(InvertedResidual(in_ch, out_ch, stride if i == 0 else 1, expansion))
+                in_ch = out_ch
+        self.body = nn.Sequential(*blocks)
+        width = RELEASED_CHANNELS
+        self.lateral = nn.ModuleList(conv_relu(blocks[i].conv[-1].out_channels, width) for i in RELEASED_TAPS)
+        self.up = nn.ModuleList(nn.Sequential(nn.ConvTranspose2d(width, width, 2, stride=2, bias=False),
+                                              nn.BatchNorm2d(width, eps=1e-3), nn.ReLU(inplace=True))
+                                for _ in RELEASED_TAPS[1:])
+        self.feature = conv_relu(width, width, 3)
+        self.heads = nn.ModuleDict({name: nn.Conv2d(width, out, 1) for name, out in HEADS.items()})
+
+    def forward(self, images: torch.Tensor) -> dict:
+        height, width = images.shape[-2:]
+        if height % RELEASED_SIZE_MULTIPLE or width % RELEASED_SIZE_MULTIPLE:
+            raise ValueError(f'released CenterFace: input sides must be multiples of {RELEASED_SIZE_MULTIPLE}, '
+                             f'got {height} x {width}')
+        x = images.flip(1).to(torch.float32)  # BGR -> RGB, pixels as they are
+        features, start = [], 0
+        for end in RELEASED_TAPS:
+            for index in range(start, end + 1):
+                x = self.body[index](x)
+            features.append(x)
+            start = end + 1
+        x = self.lateral[-1](features[-1])
+        for level in reversed(range(len(features) - 1)):  # coarse to fine: upsample, add the finer level
+            x = self.up[level](x) + self.lateral[level](features[level])
+        x = self.feature(x)
+        return {name: head(x) for name, head in self.heads.items()}
+
+
+def build_centerface(arch: dict) -> nn.Module:
+    """CenterFace from an arch dict such as DEFAULT_ARCH (missing keys take its values), or the released model's
+    layers for arch['variant'] == 'released' (RELEASED_ARCH)."""
+    variant = arch.get('variant', 'tutorial')
+    if variant == 'released':
+        return ReleasedCenterFace()
+    if variant != 'tutorial':
+        raise ValueError(f'unknown CenterFace variant {variant!r} (use "tutorial" or "released")')
     arch = {**DEFAULT_ARCH, **arch}
     return CenterFace(width_mult=float(arch['width_mult']), neck_channels=int(arch['neck_channels']),
                       head_conv=int(arch['head_conv']), down=int(arch['down']))

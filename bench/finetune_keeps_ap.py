@@ -1,0 +1,79 @@
+"""Does finetuning a trained RetinaFace keep its accuracy? The shared Pytorch_Retinaface MobileNet0.25 checkpoint,
+finetuned for one epoch on 200 real WIDER val images (../shared/data/widerface/val_416: boxes only, squashed to
+416 x 416) with batch 8, lr 1e-3, no warm-up, 640 px crops; official AP on the 10 full-resolution val images of
+../shared/data/widerface/val_samples, before and after, for each seed.
+
+    python bench/finetune_keeps_ap.py [--seeds 0 1] [--shared ../shared/data] [-- extra finetune_retinaface.py flags]
+
+The reference's own training steps (its loader, augmentation, MultiBoxLoss and SGD) on this setting measured
+0.964 / 0.921 / 0.893 after the epoch (mean of two seeds, from 0.999 / 0.968 / 0.943). Prints one line per seed and
+the mean, last `mean_after: E M H`.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.real_widerface import make_real_root  # noqa: E402
+
+SETTINGS = ('easy', 'medium', 'hard')
+REFERENCE_AFTER = {'easy': 0.964, 'medium': 0.921, 'hard': 0.893}  # the reference's steps, mean of two seeds
+RECIPE = ('--epochs', '1', '--batch-size', '8', '--lr', '1e-3', '--warmup-epochs', '0', '--lr-steps',
+          '--image-size', '640', '--eval-every', '0', '--save-every', '0')
+
+
+def finetune(*args) -> dict:
+    command = [sys.executable, str(REPO / 'finetune_retinaface.py'), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        sys.exit(f'finetune_retinaface.py failed ({result.returncode}):\n{result.stderr[-3000:]}')
+    out = Path(args[args.index('--out') + 1])
+    return json.loads((out / 'results.json').read_text())
+
+
+def line(label: str, ap: dict) -> str:
+    return f'{label:<24} ' + '  '.join(f'{k} {ap[k]:.4f}' for k in SETTINGS)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--shared', default=str(REPO.parent / 'shared' / 'data'), help='the shared real data folder')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('extra', nargs='*', help='more finetune_retinaface.py flags (after --)')
+    args = parser.parse_args(argv)
+    shared = Path(args.shared)
+    weights = shared / 'weights' / 'retinaface_mobilenet0.25_Final.pth'
+    if not weights.is_file() or not (shared / 'widerface' / 'val_416').is_dir():
+        sys.exit(f'error: --shared {shared}: no weights/retinaface_mobilenet0.25_Final.pth or widerface/val_416')
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_real_root(shared, Path(tmp) / 'data', train='val_416')
+        common = ('--data-root', root, '--device', 'cpu', '--workers', args.workers)
+        before = finetune(*common, '--out', Path(tmp) / 'before', '--evaluate', '--weights', weights,
+                          '--network', 'mobile0.25')
+        print(line('before', before), flush=True)
+        after = []
+        for seed in args.seeds:
+            started = time.perf_counter()
+            ap = finetune(*common, '--out', Path(tmp) / f'seed{seed}', '--pretrained', weights, '--seed', seed,
+                          *RECIPE, *args.extra)
+            after.append(ap)
+            print(line(f'after, seed {seed}', ap) + f'  ({time.perf_counter() - started:.0f} s)', flush=True)
+    mean = {k: statistics.mean(a[k] for a in after) for k in SETTINGS}
+    print(line('after, mean', mean))
+    print(line('reference steps, mean', REFERENCE_AFTER))
+    print(line('drop, mean', {k: before[k] - mean[k] for k in SETTINGS}))
+    print('mean_after: ' + ' '.join(f'{mean[k]:.4f}' for k in SETTINGS))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,156 @@
+"""Export a detector to ONNX: any of our detector checkpoints (RetinaFace, CenterFace, the converted released
+CenterFace) or a Pytorch_Retinaface state dict, with dynamic batch, height and width. The graph holds the network
+(BatchNorm folded, pixel normalisation inside) and outputs its raw heads; decoding and NMS stay in Python
+(common/detector.py), so `detect.py --weights M.onnx` runs it through the same pre- and post-processing. The file's
+metadata records the arch, the pixel convention and what the decoder assumes (priors settings for RetinaFace), see
+common/onnx_model.py.
+
+A Pytorch_Retinaface state dict (say which backbone), then detection with onnxruntime:
+    python export.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --network mobile0.25 \
+        --out mnet.onnx
+    python detect.py --weights mnet.onnx --source photos/ --save-txt
+Our checkpoints carry their arch:
+    python export.py --weights runs/retinaface/best.pt --out retinaface.onnx
+    python export.py --weights weights/centerface.pt --out centerface.onnx     # from python -m common.models.convert
+
+The export checks itself before the file is written: onnxruntime runs the file on random pixels of another batch and
+size than the traced ones (--check-size) and every output must equal PyTorch's (the network as loaded, BatchNorm
+not folded) within --tolerance; otherwise it exits 1 and writes nothing. Uses torch's exporter (torch.export-based,
+which needs the onnxscript package).
+"""
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import runtime
+from common.checkpoint import CheckpointError
+from common.detector import RETINAFACE_NETWORKS, load_detector_model
+from common.models import fuse_for_inference
+from common.onnx_model import INPUT_NAME, export_record, metadata_for
+
+
+class SelfCheckFailed(RuntimeError):
+    """onnxruntime's outputs differ from PyTorch's by more than the tolerance."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    g = parser.add_argument_group('model')
+    g.add_argument('--weights', required=True, help='our checkpoint, or a Pytorch_Retinaface state dict')
+    g.add_argument('--network', default=None, choices=list(RETINAFACE_NETWORKS),
+                   help='backbone of a Pytorch_Retinaface state dict (our checkpoints carry their own)')
+    g = parser.add_argument_group('export')
+    g.add_argument('--out', required=True, help='the .onnx file to write')
+    g.add_argument('--opset', type=int, default=18, help='ONNX opset (torch\'s exporter supports 18 and later)')
+    g.add_argument('--trace-size', type=int, nargs=2, default=(480, 640), metavar=('H', 'W'),
+                   help='input size traced (any size works afterwards)')
+    g.add_argument('--check-size', type=int, nargs=2, default=(352, 288), metavar=('H', 'W'),
+                   help='input size of the self-check, another than --trace-size')
+    g.add_argument('--tolerance', type=float, default=1e-4, help='largest output difference to PyTorch accepted')
+    args = parser.parse_args(argv)
+    if tuple(args.trace_size) == tuple(args.check_size):
+        parser.error('--check-size must differ from --trace-size: the check is for the dynamic shapes')
+    return args
+
+
+def dynamic_shapes(multiple: int | None):
+    """torch.export dims for (B, 3, H, W): batch free, height and width free or multiples of `multiple`."""
+    batch = torch.export.Dim('batch', min=1, max=1024)
+    if multiple:
+        height = multiple * torch.export.Dim(f'height_div_{multiple}', min=1, max=16384 // multiple)
+        width = multiple * torch.export.Dim(f'width_div_{multiple}', min=1, max=16384 // multiple)
+    else:  # a lower bound above one stride-32 cell lets the exporter prove its shape formulas; the graph runs at
+        # any size (tests/test_export.py runs 20 x 20)
+        height = torch.export.Dim('height', min=33, max=16384)
+        width = torch.export.Dim('width', min=33, max=16384)
+    return ({0: batch, 2: height, 3: width},)
+
+
+def round_to(size, multiple):
+    return [max(multiple, s // multiple * multiple) for s in size] if multiple else list(size)
+
+
+def random_pixels(batch, size, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, *size, generator=generator) * 255
+
+
+def flat_outputs(outputs, names):
+    return [outputs[n] for n in names] if isinstance(outputs, dict) else list(outputs)
+
+
+def trace(model, arch, opset: int, trace_size):
+    """The ONNX model (onnx.ModelProto) of `model` fused for inference, traced on a batch of 2 at `trace_size` with
+    dynamic batch, height and width, and its metadata."""
+    record = export_record(arch)
+    multiple = record.pixels(arch)['size_multiple']
+    program = torch.onnx.export(fuse_for_inference(model), (random_pixels(2, round_to(trace_size, multiple), 0),),
+                                dynamo=True, input_names=[INPUT_NAME], output_names=list(record.outputs),
+                                opset_version=opset, dynamic_shapes=dynamic_shapes(multiple), verbose=False)
+    proto = program.model_proto
+    for key, value in metadata_for(arch).items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto
+
+
+def write_checked(proto, model, arch, out: Path, check_size, tolerance: float) -> dict:
+    """Write `proto` to `out` only if onnxruntime running it on random pixels (a batch of 3 at `check_size`) gives
+    every output of `model` within `tolerance`: written to a temporary file, checked, then renamed. Returns the
+    differences; raises SelfCheckFailed (and writes nothing) otherwise."""
+    import onnx
+    import onnxruntime
+    record = export_record(arch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        session = onnxruntime.InferenceSession(tmp, providers=['CPUExecutionProvider'])
+        pixels = random_pixels(3, round_to(check_size, record.pixels(arch)['size_multiple']), seed=1)
+        theirs = session.run(list(record.outputs), {INPUT_NAME: pixels.numpy()})
+        with torch.no_grad():
+            ours = flat_outputs(model.eval()(pixels), record.outputs)
+        differences = {name: float(np.abs(t - o.numpy()).max()) for name, t, o in zip(record.outputs, theirs, ours)}
+        if not max(differences.values()) <= tolerance:
+            raise SelfCheckFailed(f'onnxruntime differs from PyTorch by up to {max(differences.values()):.2e} > '
+                                  f'{tolerance:g} on a {tuple(pixels.shape)} input ({differences}); nothing written')
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return {'differences': differences, 'check_shape': tuple(pixels.shape)}
+
+
+def main(args):
+    weights = runtime.require_path(args.weights, '--weights', 'weights file')
+    out = Path(args.out)
+    if out.suffix.lower() != '.onnx':
+        runtime.fail(f'--out {out}: give the file an .onnx suffix (detect.py tells an ONNX model by it)')
+    if weights.suffix.lower() == '.onnx':
+        runtime.fail(f'--weights {weights}: already an ONNX file; export takes a PyTorch checkpoint')
+    try:
+        model, arch = load_detector_model(weights, args.network, 'cpu')
+        export_record(arch)  # fail before the slow trace for a network without an export
+        print(f'exporting {arch} from {weights} (opset {args.opset}, dynamic batch, height, width)', flush=True)
+        started = time.perf_counter()
+        proto = trace(model, arch, args.opset, args.trace_size)
+        traced_s = time.perf_counter() - started
+        report = write_checked(proto, model, arch, out, args.check_size, args.tolerance)
+    except CheckpointError as e:
+        runtime.fail(f'--weights: {e}')
+    except SelfCheckFailed as e:
+        runtime.fail(f'self-check: {e}', 1)
+    differences = ', '.join(f'{k} {v:.1e}' for k, v in report['differences'].items())
+    print(f'traced in {traced_s:.1f} s; self-check on {report["check_shape"]}: max |onnxruntime - PyTorch| '
+          f'{differences} (tolerance {args.tolerance:g})')
+    print(f'wrote {out} ({out.stat().st_size / 1e6:.1f} MB)')
+    return report
+
+
+if __name__ == '__main__':
+    main(parse_args())
