@@ -6,14 +6,13 @@ exported .onnx files run by onnxruntime (common/onnx_model.py), which takes and 
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint
-from .models import build_model, fuse_for_inference
+from .models import build_model, fuse_for_inference, input_convention
 from .models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 from .postprocess import postprocess, to_image_pixels
 
@@ -28,26 +27,6 @@ def resize_scale(height: int, width: int, *, max_size: int | None = None, test_s
     if max_size and np.round(max(height, width) * scale) > max_size:
         scale = max_size / max(height, width)
     return scale
-
-
-class InputConvention(NamedTuple):
-    """How images become a network's input."""
-    pad_bgr: tuple            # the BGR pixel the network maps to zero: what a batch of different sizes is padded with
-    size_multiple: int | None  # each side stretched to a multiple of this (the released CenterFace); None: any size
-    pixels: str               # what the network does with its BGR 0..255 input, in words (recorded in .onnx files)
-
-
-def input_convention(arch: dict) -> InputConvention:
-    if arch['name'] == 'centerface' and arch.get('variant') == 'released':
-        from .models.centerface import RELEASED_SIZE_MULTIPLE
-        return InputConvention((0, 0, 0), RELEASED_SIZE_MULTIPLE, 'BGR 0..255; inside: to RGB, no mean, no std '
-                               '(the released model\'s input); each side stretched to a multiple of 32')
-    if arch['name'] == 'centerface':
-        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
-                               '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
-    if arch['name'] == 'retinaface':
-        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: minus the mean (104, 117, 123), no scaling')
-    raise CheckpointError(f'no face detector input convention for network {arch["name"]!r}')
 
 
 def load_detector_model(weights, network: str | None = None, device='cpu') -> tuple[torch.nn.Module, dict]:

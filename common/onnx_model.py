@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
+from .models import input_convention
 
 
 class ExportRecord(NamedTuple):
@@ -30,7 +31,6 @@ class ExportRecord(NamedTuple):
 
 
 def _face_detector_pixels(arch: dict) -> dict:
-    from .detector import input_convention
     convention = input_convention(arch)
     return {'input': INPUT_NAME, 'layout': 'NCHW', 'dtype': 'float32', 'channels': 'BGR', 'range': [0, 255],
             'in_graph': convention.pixels, 'pad_bgr': list(convention.pad_bgr),

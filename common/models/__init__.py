@@ -5,6 +5,7 @@
 `fuse_for_inference(model)` folds BatchNorm into the convs for fast inference.
 """
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -116,3 +117,24 @@ def load_pretrained(model: torch.nn.Module, source) -> str:
         raise CheckpointError(f'{name}: does not fit the model{hint}: {_describe(*problems)}')
     model.load_state_dict(state, strict=True)
     return f'{name}: loaded all {len(state)} tensors'
+
+
+class InputConvention(NamedTuple):
+    """How images become a network's input."""
+    pad_bgr: tuple            # the BGR pixel the network maps to zero: what a batch of different sizes is padded with
+    size_multiple: int | None  # each side stretched to a multiple of this (the released CenterFace); None: any size
+    pixels: str               # what the network does with its BGR 0..255 input, in words (recorded in .onnx files)
+
+
+def input_convention(arch: dict) -> InputConvention:
+    """The pixel convention of a face detector network (stated with each network in its module)."""
+    if arch['name'] == 'centerface' and arch.get('variant') == 'released':
+        from .centerface import RELEASED_SIZE_MULTIPLE
+        return InputConvention((0, 0, 0), RELEASED_SIZE_MULTIPLE, 'BGR 0..255; inside: to RGB, no mean, no std '
+                               '(the released model\'s input); each side stretched to a multiple of 32')
+    if arch['name'] == 'centerface':
+        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
+                               '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
+    if arch['name'] == 'retinaface':
+        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: minus the mean (104, 117, 123), no scaling')
+    raise CheckpointError(f'no face detector input convention for network {arch["name"]!r}')
