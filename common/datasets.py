@@ -52,11 +52,12 @@ class LabelRecord:
 
 
 def _bad_number_message(tokens: list[str]) -> str:
-    bad = next(t for t in tokens if not _is_number(t))
+    bad = next(t for t in tokens if not is_number(t))
     return f'{FACE_LINE_HELP}, got non-number {bad!r}'
 
 
-def _is_number(token: str) -> bool:
+def is_number(token: str) -> bool:
+    """The token parses as a float (the label readers use it to name the first bad token of a line)."""
     try:
         float(token)
         return True
@@ -111,7 +112,7 @@ def parse_retinaface_labels(path) -> list[LabelRecord]:
         flat = np.fromiter(map(float, itertools.chain.from_iterable(face_tokens)), dtype=np.float64,
                            count=int(sizes.sum()))
     except ValueError:
-        index = next(i for i, tokens in enumerate(face_tokens) if not all(map(_is_number, tokens)))
+        index = next(i for i, tokens in enumerate(face_tokens) if not all(map(is_number, tokens)))
         raise LabelFormatError(f'{path}:{face_lines[index]}: {_bad_number_message(face_tokens[index])}') from None
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     table = np.full((len(sizes), 19), -1.0, np.float32)  # boxes-only lines keep -1 landmarks

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import is_number
 from ..voc import VOC_CLASSES, AnnotationError, read_annotations, read_image_set
 
 
@@ -116,19 +117,11 @@ def read_detections(path, image_ids: dict) -> tuple[np.ndarray, np.ndarray, np.n
     try:
         values = np.array([[float(v) for v in row[1:]] for _, row in numbered], np.float64).reshape(-1, 5)
     except ValueError:
-        n, row = next((n, r) for n, r in numbered if not all(_is_number(v) for v in r[1:]))
+        n, row = next((n, r) for n, r in numbered if not all(is_number(v) for v in r[1:]))
         raise DetectionFileError(f'{path}:{n}: expected numbers for score x1 y1 x2 y2, got {" ".join(row[1:])!r}'
                                  ) from None
     index = np.array([image_ids[row[0]] for _, row in numbered], np.int64)
     return index, values[:, 0], values[:, 1:]
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
 
 
 def ground_truth(annotations, classes) -> dict:
