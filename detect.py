@@ -1,6 +1,7 @@
-"""Face detection on an image, a folder, a video file or a webcam with any of our detector checkpoints (the network is
+"""Detection on an image, a folder, a video file or a webcam with any of our detector checkpoints (the network is
 rebuilt from the checkpoint's `arch`), a Pytorch_Retinaface state dict or an .onnx file from export.py (run by
-onnxruntime): annotated images (boxes, five landmarks, scores), optional txt results, per-stage timings.
+onnxruntime): annotated images (boxes and scores; five landmarks for faces, class names for RetinaNet), optional txt
+results, per-stage timings.
 
 One image or a folder, original size, score > 0.5, NMS IoU 0.4 (results in runs/detect):
     python detect.py --weights runs/retinaface/best.pt --source photos/
@@ -12,13 +13,17 @@ The authors' released CenterFace, converted (python -m common.models.convert), a
     python detect.py --weights weights/centerface.pt --source photos/ --conf-thres 0.3 --nms-thres 0.3
 A folder in batches of 8 (different sizes are padded together), long side capped at 1024, on the GPU:
     python detect.py --weights W --source photos/ --batch-size 8 --max-size 1024 --device cuda
+A RetinaNet checkpoint from train_retinanet.py (class names from the checkpoint; each image padded to a square and
+resized to the training --size, as its evaluation does; score > 0.5, per-class NMS 0.5, at most 100 objects):
+    python detect.py --weights runs/retinanet/best.pt --source street.jpg --save-txt
 A video file, or webcam 0 for 300 frames (annotated video written to --out):
     python detect.py --weights W --source clip.mp4
     python detect.py --weights W --source 0 --max-frames 300
 
 --save-txt writes <out>/<stem>.txt per image in the WIDER FACE prediction layout (image name, count, then one face
-per line, best first) with the five landmarks after the score: `x y w h score lx1 ly1 ... lx5 ly5`; an image
-without faces gets its file (count 0) and its drawn copy like any other.
+per line, best first) with the five landmarks after the score: `x y w h score lx1 ly1 ... lx5 ly5`; for RetinaNet
+the image name, the count, then `class score x1 y1 x2 y2` per object. An image without detections gets its file
+(count 0) and its drawn copy like any other.
 Images are read in a background thread, so the network never waits for the disk. On the CPU the network runs with
 BatchNorm folded into the convs and in channels_last layout (forward 1.5-2x faster than the plain model,
 measured on 1-2 CPU threads; `python bench/detect_speed.py` measures the whole pipeline).
@@ -34,8 +39,10 @@ import numpy as np
 
 from common import runtime
 from common.checkpoint import CheckpointError
-from common.detector import RETINAFACE_NETWORKS, FaceDetector, is_image_file, load_detector_model
+from common.detector import RETINAFACE_NETWORKS, FaceDetector, describe_arch, is_image_file, load_detector_model
+from common.evaluation.voc import write_object_file
 from common.evaluation.widerface import write_prediction_file
+from common.object_detector import ObjectDetector
 from common.visualize import draw_detections
 
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv'}
@@ -52,14 +59,18 @@ def parse_args(argv=None):
                    help='backbone of a Pytorch_Retinaface state dict (our checkpoints carry their own)')
     g = parser.add_argument_group('data')
     g.add_argument('--source', required=True, help='image, folder of images, video file, or webcam index (0)')
-    g.add_argument('--max-size', type=int, default=None, help='cap the long side (default: original size)')
+    g.add_argument('--max-size', type=int, default=None, help='faces: cap the long side (default: original size); '
+                   'RetinaNet: the square input side (default: the checkpoint\'s training --size)')
     g.add_argument('--batch-size', type=int, default=1, help='images per forward pass (folders and videos)')
     g.add_argument('--max-frames', type=int, default=0, help='stop a video / webcam after N frames (0: all)')
     g = parser.add_argument_group('detection')
     g.add_argument('--conf-thres', type=float, default=0.5, help='keep faces scoring above this')
-    g.add_argument('--nms-thres', type=float, default=0.4, help='NMS IoU threshold')
-    g.add_argument('--top-k', type=int, default=5000, help='best candidates per image entering NMS (0: all)')
-    g.add_argument('--keep-top-k', type=int, default=750, help='most faces kept per image (0: all)')
+    g.add_argument('--nms-thres', type=float, default=None, help='NMS IoU threshold (default: 0.4 faces, 0.5 '
+                   'RetinaNet, per class)')
+    g.add_argument('--top-k', type=int, default=None,
+                   help='best candidates per image entering NMS (default: 5000 faces, 1000 RetinaNet; 0: all faces)')
+    g.add_argument('--keep-top-k', type=int, default=None,
+                   help='most detections kept per image (default: 750 faces, 100 RetinaNet; 0: all)')
     g = parser.add_argument_group('run')
     g.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
     g.add_argument('--out', default='runs/detect', help='folder for annotated images / video and txt results')
@@ -160,13 +171,31 @@ def batches(frames, batch_size: int, on_skip):
 
 # ------------------------------------------------------------------------------------------------------ pipeline
 
-def build_detector(weights, network, device, *, conf_thres=0.5, nms_thres=0.4, pre_nms_top_k=5000, keep_top_k=750,
-                   max_size=None) -> FaceDetector:
-    """Load the weights (the network is rebuilt from the checkpoint's arch) into a FaceDetector: BatchNorm folded,
-    channels_last on the CPU, each image at its own size."""
+# the defaults of each kind of detector: the reference demo's for faces, the RetinaNet paper's for objects
+DEFAULT_CAPS = {'faces': {'nms_thres': 0.4, 'pre_nms_top_k': 5000, 'keep_top_k': 750},
+                'objects': {'nms_thres': 0.5, 'pre_nms_top_k': 1000, 'keep_top_k': 100}}
+
+
+def build_detector(weights, network, device, *, conf_thres=0.5, nms_thres=None, pre_nms_top_k=None, keep_top_k=None,
+                   max_size=None) -> FaceDetector | ObjectDetector:
+    """Load the weights (the network is rebuilt from the checkpoint's arch) into a FaceDetector (each image at its
+    own size) or, for RetinaNet, an ObjectDetector (each image padded and resized to its square input): BatchNorm
+    folded, channels_last on the CPU. Settings left at None take DEFAULT_CAPS for that kind."""
     model, arch = load_detector_model(weights, network, device)
-    return FaceDetector(model, arch, device, conf_thres=conf_thres, nms_thres=nms_thres, pre_nms_top_k=pre_nms_top_k,
-                        keep_top_k=keep_top_k, max_size=max_size)
+    kind = 'objects' if arch['name'] == 'retinanet' else 'faces'
+    given = {'nms_thres': nms_thres, 'pre_nms_top_k': pre_nms_top_k, 'keep_top_k': keep_top_k}
+    settings = {k: v if v is not None else DEFAULT_CAPS[kind][k] for k, v in given.items()}
+    if kind == 'objects':
+        return ObjectDetector(model, arch, device, conf_thres=conf_thres, size=max_size, **settings)
+    return FaceDetector(model, arch, device, conf_thres=conf_thres, max_size=max_size, **settings)
+
+
+def write_results(path: Path, name: str, result: dict, classes):
+    """--save-txt: the WIDER FACE layout with landmarks for faces; `class score x1 y1 x2 y2` lines for objects."""
+    if classes is None:
+        write_prediction_file(path, name, result['boxes'], result['scores'], result.get('landmarks'))
+    else:
+        write_object_file(path, name, result['boxes'], result['scores'], result['labels'], classes)
 
 
 def main(args):
@@ -204,9 +233,15 @@ def main(args):
         skipped.append(name)
         print(f'skipping {name}: {reason}', flush=True)
 
+    classes = getattr(detector, 'classes', None)  # object detectors name their labels; face detectors have none
+    what_found = 'faces' if classes is None else 'objects'
     runs_on = f'onnxruntime {"/".join(detector.model.providers)}' if weights.suffix.lower() == '.onnx' else device
-    print(f'{detector.arch} on {runs_on}, conf > {args.conf_thres}, NMS {args.nms_thres}, '
-          f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}', flush=True)
+    if classes is None:
+        size = 'original size' if not args.max_size else f'long side <= {args.max_size}'
+    else:
+        size = f'padded to a square, resized to {detector.size} x {detector.size}'
+    print(f'{describe_arch(detector.arch)} on {runs_on}, conf > {args.conf_thres}, NMS {detector.nms_thres}, {size}',
+          flush=True)
     totals = dict.fromkeys(STAGES + ('write',), 0.0)
     count = faces = 0
     wall = time.perf_counter()
@@ -217,11 +252,11 @@ def main(args):
             times = detector.times
             start = time.perf_counter()
             for name, image, result in zip(names, images, results):
-                if args.save_txt:  # every image gets its file, with 0 faces too
-                    write_prediction_file(out / f'{Path(name).stem}.txt', name, result['boxes'], result['scores'],
-                                          result.get('landmarks'))
+                if args.save_txt:  # every image gets its file, with 0 detections too
+                    write_results(out / f'{Path(name).stem}.txt', name, result, classes)
                 if not args.no_save:
-                    drawn = draw_detections(image, result['boxes'], result['scores'], result.get('landmarks'))
+                    drawn = draw_detections(image, result['boxes'], result['scores'], result.get('landmarks'),
+                                            labels=result.get('labels'), names=classes)
                     if kind == 'images':
                         cv2.imwrite(str(out / name), drawn)
                     else:
@@ -238,7 +273,7 @@ def main(args):
                 count += 1
                 faces += len(result['boxes'])
                 per_image = ' '.join(f'{s} {times[s] / len(batch):.1f}' for s in STAGES)
-                print(f'{count} {name}: {len(result["boxes"])} faces ({per_image} ms/image)', flush=True)
+                print(f'{count} {name}: {len(result["boxes"])} {what_found} ({per_image} ms/image)', flush=True)
     except KeyboardInterrupt:
         print('interrupted', flush=True)
     finally:
@@ -248,7 +283,7 @@ def main(args):
 
     if count:
         means = ', '.join(f'{s} {totals[s] / count:.1f}' for s in totals)
-        print(f'{count} images, {faces} faces in {wall:.2f} s; mean ms per image: {means} '
+        print(f'{count} images, {faces} {what_found} in {wall:.2f} s; mean ms per image: {means} '
               f'(read runs in a background thread, overlapping the rest)')
     else:
         print('no images processed')

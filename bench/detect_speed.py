@@ -25,7 +25,8 @@ median over images x repeats is reported.
 - compare: detect.py's pipeline for more detectors (--compare, .onnx files too), at the same input size: e.g.
   CenterFace against RetinaFace MobileNet0.25.
 
-All use the same thresholds (default: the reference's test settings, score > 0.02, NMS 0.4, top 5000 / 750). On
+All use the same thresholds (default: the reference's test settings, score > 0.02, NMS 0.4, top 5000 / 750; a
+RetinaNet checkpoint from train_retinanet.py: per-class NMS 0.5, top 1000 / 100, its square training input). On
 CUDA it adds the batch throughput of detect.py's batched path. It prints `speedup: X.Xx` (baseline / ours),
 `speedup_over_pytorch: X.Xx` (pytorch / ours) and `ratio_compare_over_ours: X.Xx` where those pipelines ran, and
 last `median_ms_per_image: X` (ours). onnxruntime runs with as many threads as torch (--threads).
@@ -48,7 +49,7 @@ if str(REPO) not in sys.path:
 
 from common import runtime  # noqa: E402
 from common.checkpoint import CheckpointError  # noqa: E402
-from common.detector import RETINAFACE_NETWORKS, is_image_file, load_detector_model  # noqa: E402
+from common.detector import RETINAFACE_NETWORKS, describe_arch, is_image_file, load_detector_model  # noqa: E402
 from detect import build_detector, read_image  # noqa: E402
 
 
@@ -165,7 +166,7 @@ def parse_args(argv=None):
                         help='cap the long side, the same for every pipeline (default: original size)')
     parser.add_argument('--repeats', type=int, default=3, help='timed passes over the folder')
     parser.add_argument('--conf-thres', type=float, default=0.02)
-    parser.add_argument('--nms-thres', type=float, default=0.4)
+    parser.add_argument('--nms-thres', type=float, default=None, help='default: 0.4 faces, 0.5 RetinaNet')
     parser.add_argument('--batch-size', type=int, default=8, help='batch for the CUDA throughput measurement')
     parser.add_argument('--threads', type=int, default=0,
                         help='CPU threads for torch (0: its default); 1 gives steadier numbers on a busy machine')
@@ -180,7 +181,7 @@ def arch_name(arch: dict, weights=None) -> str:
     """How a pipeline is labelled in the output, e.g. 'retinaface mobile0.25', 'centerface 1.0' or
     'onnxruntime centerface released'."""
     runtime_name = 'onnxruntime ' if weights is not None and Path(weights).suffix.lower() == '.onnx' else ''
-    return runtime_name + ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'width_mult', 'variant'))
+    return runtime_name + describe_arch(arch)
 
 
 def detector_pipeline(detector):
@@ -197,7 +198,8 @@ def detector_pipeline(detector):
 def reference_pipeline(model, device, args):
     def run(path):
         start = time.perf_counter()
-        dets, times = baseline_detect(model, path, device, args.conf_thres, args.nms_thres, 5000, 750, args.max_size)
+        dets, times = baseline_detect(model, path, device, args.conf_thres, args.nms_thres or 0.4, 5000, 750,
+                                      args.max_size)
         return dets, (time.perf_counter() - start) * 1000, times
     return run
 
@@ -225,8 +227,8 @@ def main(args):
     device = runtime.select_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = dict(conf_thres=args.conf_thres, nms_thres=args.nms_thres, pre_nms_top_k=5000, keep_top_k=750,
-                    max_size=args.max_size)
+    # caps: detect.py's defaults of each kind (faces 5000 / 750, the reference's demo; RetinaNet 1000 / 100)
+    settings = dict(conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_size=args.max_size)
     is_onnx = weights.suffix.lower() == '.onnx'
     torch_weights = weights  # the PyTorch weights behind the pytorch and baseline pipelines (None: neither runs)
     if is_onnx:
@@ -253,7 +255,7 @@ def main(args):
         runtime.fail(f'--weights/--pytorch-weights/--compare: {e}')
     print(f'{len(paths)} images from {source}, {device}, {torch.get_num_threads()} CPU threads, '
           f'{"original size" if not args.max_size else f"long side <= {args.max_size}"}, '
-          f'score > {args.conf_thres}, NMS {args.nms_thres}, top 5000 / 750')
+          f'score > {args.conf_thres}, NMS {detector.nms_thres}, top {detector.pre_nms_top_k} / {detector.keep_top_k}')
 
     for run in pipelines.values():  # warm-up: allocator, oneDNN / cuDNN kernels for every size
         for path in paths:

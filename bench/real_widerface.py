@@ -41,7 +41,7 @@ def _write_split(split_dir: Path, entries: list[tuple[str, str, Path, np.ndarray
 def make_real_root(shared_data, root, *, train='val_416', val=None) -> Path:
     """train: 'val_416' (its 200 images, boxes as its label.txt gives them) or a list of val_samples names;
     val: val_samples names (default: all ten, or those not in `train`)."""
-    shared_data, root = Path(shared_data), Path(root)
+    shared_data, root = Path(shared_data).resolve(), Path(root)  # absolute: the symlinks below point into it
     samples = shared_data / 'widerface' / 'val_samples'
     gt = json.loads((samples / 'gt.json').read_text())
     if val is None:

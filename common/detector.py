@@ -172,5 +172,11 @@ def border_rule_for(arch: dict):
     return None
 
 
+def describe_arch(arch: dict) -> str:
+    """A network in a few words: 'retinaface mobile0.25', 'centerface released', 'retinanet resnet18 (20 classes)'."""
+    words = ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'arch', 'width_mult', 'variant'))
+    return words + (f' ({len(arch["classes"])} classes)' if 'classes' in arch else '')
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff'}

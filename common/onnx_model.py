@@ -9,8 +9,8 @@ outputs the network's raw heads, named as in EXPORTS. Its metadata (string value
     facekit_pixels    the pixel convention: layout, dtype, channel order, range, what the graph does with them, the
                       padding colour and size multiple detect.py uses
     facekit_decoding  what the decoder assumes of the outputs: priors settings for RetinaFace, the heatmap encoding
-                      for CenterFace. Loading compares it with this version's decoder and refuses a file made for
-                      another.
+                      for CenterFace, the anchors for RetinaNet. Loading compares it with this version's decoder and
+                      refuses a file made for another.
 """
 import json
 from pathlib import Path
@@ -30,7 +30,7 @@ class ExportRecord(NamedTuple):
     pixels: object       # arch -> dict: the pixel convention, recorded as facekit_pixels ('size_multiple' is read)
 
 
-def _face_detector_pixels(arch: dict) -> dict:
+def _detector_pixels(arch: dict) -> dict:
     convention = input_convention(arch)
     return {'input': INPUT_NAME, 'layout': 'NCHW', 'dtype': 'float32', 'channels': 'BGR', 'range': [0, 255],
             'in_graph': convention.pixels, 'pad_bgr': list(convention.pad_bgr),
@@ -46,6 +46,15 @@ def _retinaface_decoding(arch: dict) -> dict:
             'landmarks': 'x, y offsets over the priors'}
 
 
+def _retinanet_decoding(arch: dict) -> dict:
+    from .anchors import RETINANET_STRIDES, RETINANET_VARIANCES
+    return {'anchors': {key: list(arch[key]) for key in ('anchor_sizes', 'anchor_scales', 'anchor_ratios')}
+            | {'strides': list(RETINANET_STRIDES), 'variances': list(RETINANET_VARIANCES),
+               'feature_map': 'ceil(H / stride) x ceil(W / stride)', 'order': 'level, row, column, scale, ratio'},
+            'cls_logits': 'logits; sigmoid per class', 'box_offsets': 'centre offsets and log sizes over the anchors',
+            'input': f'the image padded to a square and resized to {arch["size"]}'}
+
+
 def _centerface_decoding(arch: dict) -> dict:
     released = arch.get('variant') == 'released'
     return {'stride': int(arch.get('down', 4)), 'hm': 'logits; sigmoid = face score',
@@ -58,8 +67,9 @@ def _centerface_decoding(arch: dict) -> dict:
 INPUT_NAME = 'images'
 # arch['name'] -> what a file of that network holds; a new detector family is one entry here
 EXPORTS = {
-    'retinaface': ExportRecord(('loc', 'conf', 'landmarks'), False, _retinaface_decoding, _face_detector_pixels),
-    'centerface': ExportRecord(('hm', 'wh', 'off', 'lm'), True, _centerface_decoding, _face_detector_pixels),
+    'retinaface': ExportRecord(('loc', 'conf', 'landmarks'), False, _retinaface_decoding, _detector_pixels),
+    'centerface': ExportRecord(('hm', 'wh', 'off', 'lm'), True, _centerface_decoding, _detector_pixels),
+    'retinanet': ExportRecord(('cls_logits', 'box_offsets'), False, _retinanet_decoding, _detector_pixels),
 }
 
 

@@ -70,9 +70,18 @@ def plot_roc(fpr, tpr, path, label: str = '', title: str = 'ROC'):
 LANDMARK_COLOURS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
 
 
-def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0)):
-    """Draw face detections on a copy of a BGR uint8 image: boxes (N,4) x1y1x2y2, scores (N,) as text above each
-    box, landmarks (N,5,2) as five coloured dots (torch tensors or numpy arrays, original-image pixels)."""
+def class_colour(label: int) -> tuple:
+    """A distinct BGR colour per class index (golden-angle hues), stable across images and runs."""
+    import cv2
+    import numpy as np
+    hsv = np.array([[[int(label * 137.508) % 180, 200, 255]]], np.uint8)
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0), labels=None, names=None):
+    """Draw detections on a copy of a BGR uint8 image: boxes (N,4) x1y1x2y2, scores (N,) as text above each box,
+    landmarks (N,5,2) as five coloured dots; with `labels` (N,) class indices each box takes its class's colour and
+    its text the class name from `names` (torch tensors or numpy arrays, original-image pixels)."""
     import cv2
     import numpy as np
 
@@ -81,13 +90,17 @@ def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0
 
     canvas = image.copy()
     boxes, scores, landmarks = as_numpy(boxes), as_numpy(scores), as_numpy(landmarks)
+    labels = None if labels is None else np.asarray(labels).astype(int).reshape(-1)
     thickness = max(1, round(max(canvas.shape[:2]) / 600))
     radius = thickness + 1
     for i, (x1, y1, x2, y2) in enumerate(np.round(boxes.reshape(-1, 4)).astype(int)):
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
-        if scores is not None:
-            cv2.putText(canvas, f'{scores[i]:.2f}', (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.4 * thickness, (255, 255, 255), thickness, cv2.LINE_AA)
+        box_colour = colour if labels is None else class_colour(labels[i])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), box_colour, thickness)
+        text = [] if labels is None else [names[labels[i]] if names is not None else str(labels[i])]
+        text += [] if scores is None else [f'{scores[i]:.2f}']
+        if text:
+            cv2.putText(canvas, ' '.join(text), (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.4 * thickness, (255, 255, 255) if labels is None else box_colour, thickness, cv2.LINE_AA)
         if landmarks is not None:
             for (px, py), dot in zip(np.round(landmarks[i].reshape(5, 2)).astype(int), LANDMARK_COLOURS):
                 cv2.circle(canvas, (px, py), radius, dot, -1)

@@ -258,6 +258,12 @@ class VOCTestTransform:
 
     def __call__(self, image, target, rng=None):
         height, width = image.shape[:2]
-        scale = self.size / max(height, width)
-        image = cv2.resize(pad_to_square(image, BGR_MEAN), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        image, scale = letterbox(image, self.size)
         return image, dict(scale_target(target, scale), scale=scale, image_size=(height, width))
+
+
+def letterbox(image, size: int) -> tuple[np.ndarray, float]:
+    """The test input of RetinaNet: the image padded to a square of its long side (right and bottom, the mean
+    colour) and resized to size x size; returns it and the scale (input pixels per original pixel)."""
+    scale = size / max(image.shape[:2])
+    return cv2.resize(pad_to_square(image, BGR_MEAN), (size, size), interpolation=cv2.INTER_LINEAR), scale

@@ -31,16 +31,23 @@ def assert_one_line_naming(status, stderr, flag, name, says):
     assert 'weights_only' not in message, message
 
 
-def main_exit(script: str, argv, capsys):
+def run_main(script: str, argv, capsys):
     """`script`.main in this process (the code the command line runs, without another interpreter start): its exit
-    status (0 when main returns) and what it printed on stderr."""
+    status (0 when main returns) and what it printed on stdout and stderr."""
     module = importlib.import_module(script)
     try:
         module.main(module.parse_args([str(a) for a in argv]))
         status = 0
     except SystemExit as stop:
         status = stop.code
-    return status, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def main_exit(script: str, argv, capsys):
+    """`script`.main in this process: its exit status and what it printed on stderr."""
+    status, _, err = run_main(script, argv, capsys)
+    return status, err
 
 
 def check_weights_flags(script: str, path, says: str, tmp_path, capsys, *, train_flags, eval_flags):

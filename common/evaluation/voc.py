@@ -176,6 +176,17 @@ def write_detections(folder, classes, detections: dict, prefix: str = 'comp4_det
     return paths
 
 
+def write_object_file(path, image_name: str, boxes, scores, labels, classes) -> Path:
+    """One image's detections (detect.py --save-txt): the image name, the count, then one object per line, best
+    first: `class score x1 y1 x2 y2` (class name, continuous pixel corners); an image without objects gets count 0."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    rows = [f'{classes[int(c)]} {s:.6f} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n' for c, s, (x1, y1, x2, y2) in
+            zip(np.asarray(labels).tolist(), np.asarray(scores).tolist(), boxes.tolist())]
+    path = Path(path)
+    path.write_text(f'{image_name}\n{len(rows)}\n' + ''.join(rows))
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m common.evaluation.voc', description=__doc__.split('\n')[0])
     parser.add_argument('--detpath', required=True, help="detection files, '{}' for the class name")

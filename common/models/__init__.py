@@ -127,7 +127,7 @@ class InputConvention(NamedTuple):
 
 
 def input_convention(arch: dict) -> InputConvention:
-    """The pixel convention of a face detector network (stated with each network in its module)."""
+    """The pixel convention of a detector network (stated with each network in its module)."""
     if arch['name'] == 'centerface' and arch.get('variant') == 'released':
         from .centerface import RELEASED_SIZE_MULTIPLE
         return InputConvention((0, 0, 0), RELEASED_SIZE_MULTIPLE, 'BGR 0..255; inside: to RGB, no mean, no std '
@@ -137,4 +137,7 @@ def input_convention(arch: dict) -> InputConvention:
                                '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
     if arch['name'] == 'retinaface':
         return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: minus the mean (104, 117, 123), no scaling')
-    raise CheckpointError(f'no face detector input convention for network {arch["name"]!r}')
+    if arch['name'] == 'retinanet':
+        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
+                               '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
+    raise CheckpointError(f'no detector input convention for network {arch["name"]!r}')
