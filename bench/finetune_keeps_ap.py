@@ -32,22 +32,24 @@ RECIPE = ('--epochs', '1', '--batch-size', '8', '--lr', '1e-3', '--warmup-epochs
           '--image-size', '640', '--eval-every', '0', '--save-every', '0')
 
 
-def finetune(*args) -> dict:
-    command = [sys.executable, str(REPO / 'finetune_retinaface.py'), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+def run_script(script: str, *args):
+    """Run one of the repository's scripts; a failure stops the bench with the end of its stderr."""
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                            cwd=REPO)
     if result.returncode != 0:
-        sys.exit(f'finetune_retinaface.py failed ({result.returncode}):\n{result.stderr[-3000:]}')
+        sys.exit(f'{script} failed ({result.returncode}):\n{result.stderr[-3000:]}')
+
+
+def finetune(*args) -> dict:
+    run_script('finetune_retinaface.py', *args)
     out = Path(args[args.index('--out') + 1])
     return json.loads((out / 'results.json').read_text())
 
 
 def reference_finetune(root, weights, out: Path, seed: int, workers: int) -> Path:
-    command = [sys.executable, str(REPO / 'bench' / 'reference_finetune.py'), '--data-root', str(root),
-               '--pretrained', str(weights), '--out', str(out), '--seed', str(seed), '--workers', str(workers),
-               '--epochs', '1', '--batch-size', '8', '--lr', '1e-3', '--image-size', '640']
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    if result.returncode != 0:
-        sys.exit(f'reference_finetune.py failed ({result.returncode}):\n{result.stderr[-3000:]}')
+    run_script('bench/reference_finetune.py', '--data-root', root, '--pretrained', weights, '--out', out,
+               '--seed', seed, '--workers', workers, '--epochs', 1, '--batch-size', 8, '--lr', 1e-3,
+               '--image-size', 640)
     return out
 
 

@@ -29,6 +29,25 @@ def resize_scale(height: int, width: int, *, max_size: int | None = None, test_s
     return scale
 
 
+def ready_for_inference(model, device, *, fuse=True, channels_last=None):
+    """(network, device) for a detector: our PyTorch network in eval mode with BatchNorm folded into the convs (a
+    copy: training goes on with the original untouched) and channels_last on the CPU, where it measured faster; an
+    OnnxModel as it is, on the CPU, since onnxruntime takes and gives CPU tensors."""
+    device = torch.device(device)
+    if not isinstance(model, torch.nn.Module):
+        return model, torch.device('cpu')
+    model = fuse_for_inference(model) if fuse else model.eval()
+    if device.type == 'cpu' if channels_last is None else channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, device
+
+
+def synchronize(device):
+    """Wait for CUDA's queued work, so that each stage's time is its own (a no-op elsewhere)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
 def load_detector_model(weights, network: str | None = None, device='cpu') -> tuple[torch.nn.Module, dict]:
     """Our checkpoint (the network is rebuilt from its `arch`), a foreign RetinaFace state dict (Pytorch_Retinaface
     layout, with or without `module.`), for which `network` says which backbone it has, or one of our exported .onnx
@@ -66,14 +85,7 @@ class FaceDetector:
 
     def __init__(self, model, arch: dict, device, *, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000,
                  keep_top_k=750, max_size=None, test_size=None, pad_multiple=1, fuse=True, channels_last=None):
-        self.device = torch.device(device)
-        if not isinstance(model, torch.nn.Module):  # an OnnxModel: onnxruntime takes and gives CPU tensors
-            self.device, self.model = torch.device('cpu'), model
-        else:
-            # folding BatchNorm into the convs copies the model: training goes on with the original untouched
-            self.model = fuse_for_inference(model) if fuse else model.eval()
-            if self.device.type == 'cpu' if channels_last is None else channels_last:  # measured faster on the CPU
-                self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.device = ready_for_inference(model, device, fuse=fuse, channels_last=channels_last)
         self.arch = arch
         self.convention = input_convention(arch)
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
@@ -114,19 +126,15 @@ class FaceDetector:
             batch[i, :im.shape[0], :im.shape[1]] = im
         return torch.from_numpy(batch).permute(0, 3, 1, 2), scales
 
-    def _synchronize(self):
-        if self.device.type == 'cuda':  # CUDA runs asynchronously: wait, so each stage's time is its own
-            torch.cuda.synchronize(self.device)
-
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
         start = time.perf_counter()
         batch, scales = self.prepare(images)
         batch = batch.to(self.device, non_blocking=True)
-        self._synchronize()
+        synchronize(self.device)
         prepared = time.perf_counter()
         outputs = self.model(batch)
-        self._synchronize()
+        synchronize(self.device)
         forwarded = time.perf_counter()
         boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:], self.pre_nms_top_k)
         boxes, landmarks = to_image_pixels(boxes, landmarks, scales)  # NMS in each image's own pixels

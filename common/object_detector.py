@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from .models import fuse_for_inference
+from .detector import ready_for_inference, synchronize
 from .models.retinanet import anchors_for, decode_retinanet, postprocess_retinanet
 from .voc import letterbox
 
@@ -22,13 +22,7 @@ class ObjectDetector:
 
     def __init__(self, model, arch: dict, device, *, conf_thres=0.05, nms_thres=0.5, pre_nms_top_k=1000,
                  keep_top_k=100, size=None, fuse=True):
-        self.device = torch.device(device)
-        if not isinstance(model, torch.nn.Module):  # an OnnxModel: onnxruntime takes and gives CPU tensors
-            self.device, self.model = torch.device('cpu'), model
-        else:
-            self.model = fuse_for_inference(model) if fuse else model.eval()
-            if self.device.type == 'cpu':
-                self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.device = ready_for_inference(model, device, fuse=fuse)
         self.arch, self.classes = arch, list(arch['classes'])
         self.size = int(size or arch['size'])
         self.anchors = anchors_for(arch, self.size, self.size, device=self.device)
@@ -36,19 +30,15 @@ class ObjectDetector:
         self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k or 1000, keep_top_k or None
         self.times = {}
 
-    def _synchronize(self):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
         start = time.perf_counter()
         inputs, scales = zip(*(letterbox(image, self.size) for image in images))
         batch = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
-        self._synchronize()
+        synchronize(self.device)
         prepared = time.perf_counter()
         cls_logits, box_offsets = self.model(batch)
-        self._synchronize()
+        synchronize(self.device)
         forwarded = time.perf_counter()
         candidates = decode_retinanet(cls_logits.to(self.device), box_offsets.to(self.device), self.anchors,
                                       self.pre_nms_top_k)

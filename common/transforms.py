@@ -128,6 +128,14 @@ def scale_target(target, scale) -> dict:
     return out
 
 
+def resize_square(image, target, size: int, rng):
+    """A square image resized to size x size with an interpolation drawn from INTERPOLATIONS (the reference's last
+    augmentation step), its boxes and landmarks scaled with it."""
+    scale = size / image.shape[0]
+    interpolation = INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))]
+    return cv2.resize(image, (size, size), interpolation=interpolation), scale_target(target, scale)
+
+
 class TrainTransform:
     """The RetinaFace training augmentation, `transform(image, target, rng) -> (image image_size^2 uint8, target)`.
 
@@ -157,10 +165,7 @@ class TrainTransform:
         image = pad_to_square(image, self.fill)
         if self.flip and rng.random() < 0.5:
             image, target = horizontal_flip(image, target)
-        scale = self.image_size / image.shape[0]
-        interpolation = INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))]
-        image = cv2.resize(image, (self.image_size, self.image_size), interpolation=interpolation)
-        target = scale_target(target, scale)
+        image, target = resize_square(image, target, self.image_size, rng)
         boxes = target['boxes']
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # clipping can leave empty boxes
         return image, select_faces(target, keep)

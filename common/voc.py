@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from .transforms import INTERPOLATIONS, horizontal_flip, pad_to_square, photometric_distort, random_square_crop
+from .transforms import horizontal_flip, pad_to_square, photometric_distort, random_square_crop, resize_square
 from .transforms import scale_target, select_faces
 
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
@@ -239,10 +239,7 @@ class VOCTrainTransform:
         image, target, _ = random_square_crop(image, target, rng, self.crop_scales)
         if self.flip and rng.random() < 0.5:
             image, target = horizontal_flip(image, target)
-        scale = self.size / image.shape[0]
-        interpolation = INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))]
-        image = cv2.resize(image, (self.size, self.size), interpolation=interpolation)
-        target = scale_target(target, scale)
+        image, target = resize_square(image, target, self.size, rng)
         boxes = target['boxes']
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # slivers the crop left
         return image, select_faces(target, keep)
