@@ -101,9 +101,9 @@ def test_detector_starts_from_the_pretrained_extractor(straight_run, tmp_path, c
 @pytest.mark.slow
 def test_learns_synthetic_objects(tmp_path, repo_root):
     """From scratch on 240 synthetic object images at 48 px: well above chance (1/6) on val within CI time
-    (measured 0.53-0.62 over two data and two training seeds, README). 80 iterations need their own schedule: the
-    default LR steps (1/4 and 1/2 of --iterations, the tutorial's) leave 16 iterations at the peak LR, and SGD at
-    the default LR measured 0.38-0.43 here; AdamW 2e-3 with one drop at iteration 60 learns in the budget."""
+    (measured 0.53-0.62 over two data and two training seeds, README). 80 iterations need their own recipe: SGD at
+    the default LR with drops at 1/4 and 1/2 of them measured 0.38-0.43 here; AdamW 2e-3 with one drop at iteration
+    60 learns in the budget."""
     data = make_imagefolder(tmp_path / 'objects', num_images=240, seed=0, size=64)
     out = tmp_path / 'learn'
     result = subprocess.run([sys.executable, str(repo_root / 'pretrain_extractor.py'), '--data-root', str(data),
