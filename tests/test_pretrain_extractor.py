@@ -80,6 +80,20 @@ def test_evaluate_only_and_bad_input(tiny_folder, straight_run, tmp_path, capsys
     assert status == 2 and '--batch-size 100' in err
 
 
+def test_lr_steps_default_to_the_tutorials_iterations(tiny_folder, straight_run, tmp_path, capsys):
+    """Without --lr-steps the drops fall at the tutorial's 150k / 300k / 550k iterations, not at fractions of
+    --iterations: a short run keeps its peak LR to the end (the straight run's --lr-steps 5 does drop)."""
+    out = tmp_path / 'defaults'
+    tiny = [a for a in TINY if a not in ('--lr-steps', '5')]
+    status, err = main_exit('pretrain_extractor', ['--data-root', tiny_folder, '--out', out, '--iterations', 8,
+                                                   '--warmup-iterations', 0, *tiny], capsys)
+    assert status == 0, err
+    lrs = [row['lr'] for row in load_checkpoint(out / 'last.pt')['metrics']]
+    assert len(lrs) >= 4 and all(lr == pytest.approx(0.01) for lr in lrs), lrs
+    dropped = [row['lr'] for row in load_checkpoint(straight_run / 'last.pt')['metrics']]
+    assert dropped[-1] == pytest.approx(0.001), dropped
+
+
 def test_detector_starts_from_the_pretrained_extractor(straight_run, tmp_path, capsys):
     """train_retinanet.py --pretrained-extractor loads this script's checkpoint (its classifier dropped); with a
     zero LR and frozen BatchNorm the detector's extractor ends exactly as pretrained."""
