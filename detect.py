@@ -29,20 +29,18 @@ BatchNorm folded into the convs and in channels_last layout (forward 1.5-2x fast
 measured on 1-2 CPU threads; `python bench/detect_speed.py` measures the whole pipeline).
 """
 import argparse
-import queue
-import threading
 import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from common import runtime
 from common.checkpoint import CheckpointError
-from common.detector import RETINAFACE_NETWORKS, FaceDetector, describe_arch, is_image_file, load_detector_model
+from common.data.images import is_image_file, prefetch, read_image
 from common.evaluation.voc import write_object_file
 from common.evaluation.widerface import write_prediction_file
-from common.object_detector import ObjectDetector
+from common.inference.load import build_detector, describe_arch
+from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 from common.visualize import draw_detections
 
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv'}
@@ -85,81 +83,60 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------------------ sources
 
-def read_image(path: Path):
-    """BGR uint8 image, or None when the file cannot be decoded (np.fromfile also works for non-ASCII paths)."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+class Source:
+    """What --source names, read frame by frame: `frames` yields (name, BGR image or None, why not, read ms);
+    `is_video` says whether the output is one annotated video (a file or a webcam) or a drawn copy per image."""
 
+    def __init__(self, source: str, max_frames: int = 0):
+        self.is_video, self.fps, self.stem = False, 25.0, None
+        if source.isdigit() and not Path(source).exists():  # a webcam index
+            self.capture, self.stem, self.is_video = cv2.VideoCapture(int(source)), f'webcam{source}', True
+        else:
+            path = runtime.require_path(source, '--source', 'image, folder or video')
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                self.capture, self.stem, self.is_video = cv2.VideoCapture(str(path)), path.stem, True
+            else:
+                self.paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        if self.is_video:
+            if not self.capture.isOpened():
+                runtime.fail(f'--source {source}: cannot open {"webcam" if source.isdigit() else "video"} {source}')
+            self.fps = self.capture.get(cv2.CAP_PROP_FPS) or self.fps
+        self.max_frames = max_frames
 
-def list_source(source: str):
-    """('webcam', index) | ('video', path) | ('images', [paths]) for a --source value (the path exists)."""
-    if source.isdigit() and not Path(source).exists():
-        return 'webcam', int(source)
-    path = Path(source)
-    if path.is_dir():
-        return 'images', sorted(p for p in path.iterdir() if p.is_file())
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return 'video', path
-    return 'images', [path]
+    def frames(self):
+        return self._video_frames() if self.is_video else self._image_frames()
 
-
-def image_frames(paths):
-    """(name, image or None, reason, read_ms) per file; files that are not images come through with a reason."""
-    for path in paths:
-        start = time.perf_counter()
-        if not is_image_file(path):
-            yield path.name, None, 'not an image', 0.0
-            continue
-        image = read_image(path)
-        yield path.name, image, None if image is not None else 'cannot be decoded as an image', \
-            (time.perf_counter() - start) * 1000
-
-
-def video_frames(capture, stem: str, max_frames: int):
-    """(name, frame, None, read_ms) per frame of an opened cv2.VideoCapture."""
-    index = 0
-    try:
-        while not max_frames or index < max_frames:
+    def _image_frames(self):
+        for path in self.paths:
             start = time.perf_counter()
-            ok, frame = capture.read()
-            if not ok:
-                break
-            yield f'{stem}_{index:06d}', frame, None, (time.perf_counter() - start) * 1000
-            index += 1
-    finally:
-        capture.release()
+            if not is_image_file(path):
+                yield path.name, None, 'not an image', 0.0
+                continue
+            image = read_image(path)
+            yield path.name, image, None if image is not None else 'cannot be decoded as an image', \
+                (time.perf_counter() - start) * 1000
 
-
-def prefetch(items, depth: int):
-    """Run the `items` generator in a background thread, `depth` items ahead (OpenCV releases the GIL while it
-    decodes, so reading overlaps the forward pass). Errors in the thread are raised here."""
-    buffer = queue.Queue(maxsize=max(depth, 1))
-    done = object()
-
-    def worker():
+    def _video_frames(self):
+        index = 0
         try:
-            for item in items:
-                buffer.put(item)
-        except BaseException as error:  # handed to the consumer, which raises it with its traceback
-            buffer.put(error)
-        buffer.put(done)
-
-    threading.Thread(target=worker, daemon=True).start()
-    while (item := buffer.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+            while not self.max_frames or index < self.max_frames:
+                start = time.perf_counter()
+                ok, frame = self.capture.read()
+                if not ok:
+                    break
+                yield f'{self.stem}_{index:06d}', frame, None, (time.perf_counter() - start) * 1000
+                index += 1
+        finally:
+            self.capture.release()
 
 
-def batches(frames, batch_size: int, on_skip):
-    """Group readable frames into lists of (name, image, read_ms); unreadable ones go to on_skip(name, reason)."""
+def batches(frames, batch_size: int, skipped: list):
+    """Group readable frames into lists of (name, image, read_ms); unreadable ones are named and added to skipped."""
     batch = []
     for name, image, reason, read_ms in frames:
         if image is None:
-            on_skip(name, reason)
+            skipped.append(name)
+            print(f'skipping {name}: {reason}', flush=True)
             continue
         batch.append((name, image, read_ms))
         if len(batch) == batch_size:
@@ -169,42 +146,47 @@ def batches(frames, batch_size: int, on_skip):
         yield batch
 
 
-# ------------------------------------------------------------------------------------------------------ pipeline
+# ------------------------------------------------------------------------------------------------------ outputs
 
-# the defaults of each kind of detector: the reference demo's for faces, the RetinaNet paper's for objects
-DEFAULT_CAPS = {'faces': {'nms_thres': 0.4, 'pre_nms_top_k': 5000, 'keep_top_k': 750},
-                'objects': {'nms_thres': 0.5, 'pre_nms_top_k': 1000, 'keep_top_k': 100}}
+class Outputs:
+    """Where results go under --out: a drawn copy per image (or one annotated video) and, with --save-txt, a txt
+    file per image: the WIDER FACE layout with landmarks for faces, `class score x1 y1 x2 y2` lines for objects."""
+
+    def __init__(self, out: Path, source: Source, classes, save_images: bool, save_txt: bool):
+        self.out, self.source, self.classes = out, source, classes
+        self.save_images, self.save_txt, self.video = save_images, save_txt, None
+
+    def write(self, name: str, image, result: dict):
+        if self.save_txt:  # every image gets its file, with 0 detections too
+            path = self.out / f'{Path(name).stem}.txt'
+            if self.classes is None:
+                write_prediction_file(path, name, result['boxes'], result['scores'], result.get('landmarks'))
+            else:
+                write_object_file(path, name, result['boxes'], result['scores'], result['labels'], self.classes)
+        if not self.save_images:
+            return
+        drawn = draw_detections(image, result['boxes'], result['scores'], result.get('landmarks'),
+                                labels=result.get('labels'), names=self.classes)
+        if not self.source.is_video:
+            cv2.imwrite(str(self.out / name), drawn)
+            return
+        if self.video is None:
+            self.video = cv2.VideoWriter(str(self.out / f'{self.source.stem}.mp4'), cv2.VideoWriter_fourcc(*'mp4v'),
+                                         self.source.fps, (drawn.shape[1], drawn.shape[0]))
+        self.video.write(drawn)
+
+    def close(self):
+        if self.video is not None:
+            self.video.release()
 
 
-def build_detector(weights, network, device, *, conf_thres=0.5, nms_thres=None, pre_nms_top_k=None, keep_top_k=None,
-                   max_size=None) -> FaceDetector | ObjectDetector:
-    """Load the weights (the network is rebuilt from the checkpoint's arch) into a FaceDetector (each image at its
-    own size) or, for RetinaNet, an ObjectDetector (each image padded and resized to its square input): BatchNorm
-    folded, channels_last on the CPU. Settings left at None take DEFAULT_CAPS for that kind."""
-    model, arch = load_detector_model(weights, network, device)
-    kind = 'objects' if arch['name'] == 'retinanet' else 'faces'
-    given = {'nms_thres': nms_thres, 'pre_nms_top_k': pre_nms_top_k, 'keep_top_k': keep_top_k}
-    settings = {k: v if v is not None else DEFAULT_CAPS[kind][k] for k, v in given.items()}
-    if kind == 'objects':
-        return ObjectDetector(model, arch, device, conf_thres=conf_thres, size=max_size, **settings)
-    return FaceDetector(model, arch, device, conf_thres=conf_thres, max_size=max_size, **settings)
-
-
-def write_results(path: Path, name: str, result: dict, classes):
-    """--save-txt: the WIDER FACE layout with landmarks for faces; `class score x1 y1 x2 y2` lines for objects."""
-    if classes is None:
-        write_prediction_file(path, name, result['boxes'], result['scores'], result.get('landmarks'))
-    else:
-        write_object_file(path, name, result['boxes'], result['scores'], result['labels'], classes)
-
+# ------------------------------------------------------------------------------------------------------ main
 
 def main(args):
     weights = runtime.require_path(args.weights, '--weights', 'weights file')
-    kind, what = list_source(args.source)
-    if kind != 'webcam':
-        runtime.require_path(args.source, '--source', 'image, folder or video')
+    source = Source(args.source, args.max_frames)
     out = Path(args.out)
-    if kind == 'images' and not args.no_save and any(p.parent.resolve() == out.resolve() for p in what):
+    if not source.is_video and not args.no_save and any(p.parent.resolve() == out.resolve() for p in source.paths):
         runtime.fail(f'--out {out}: the annotated images would overwrite the --source images there')
     device = runtime.select_device(args.device)
     try:
@@ -214,83 +196,53 @@ def main(args):
     except CheckpointError as e:
         runtime.fail(f'--weights: {e}')
     out.mkdir(parents=True, exist_ok=True)
-
-    writer = None
-    fps = 25.0
-    if kind == 'images':
-        frames = image_frames(what)
-    else:
-        capture = cv2.VideoCapture(what if kind == 'webcam' else str(what))
-        if not capture.isOpened():
-            runtime.fail(f'--source {args.source}: cannot open {"webcam" if kind == "webcam" else "video"} {what}')
-        fps = capture.get(cv2.CAP_PROP_FPS) or fps
-        stem = f'webcam{what}' if kind == 'webcam' else Path(what).stem
-        frames = video_frames(capture, stem, args.max_frames)
-
-    skipped = []
-
-    def on_skip(name, reason):
-        skipped.append(name)
-        print(f'skipping {name}: {reason}', flush=True)
-
-    classes = getattr(detector, 'classes', None)  # object detectors name their labels; face detectors have none
-    what_found = 'faces' if classes is None else 'objects'
+    outputs = Outputs(out, source, getattr(detector, 'classes', None), not args.no_save, args.save_txt)
+    found_what = detector.kind  # 'faces' or 'objects'
     runs_on = f'onnxruntime {"/".join(detector.model.providers)}' if weights.suffix.lower() == '.onnx' else device
-    if classes is None:
+    if detector.kind == 'faces':
         size = 'original size' if not args.max_size else f'long side <= {args.max_size}'
     else:
         size = f'padded to a square, resized to {detector.size} x {detector.size}'
     print(f'{describe_arch(detector.arch)} on {runs_on}, conf > {args.conf_thres}, NMS {detector.nms_thres}, {size}',
           flush=True)
+
+    # detect, draw, write: a batch at a time, the next images read in a background thread meanwhile
     totals = dict.fromkeys(STAGES + ('write',), 0.0)
-    count = faces = 0
+    count, found, skipped = 0, 0, []
     wall = time.perf_counter()
     try:
-        for batch in batches(prefetch(frames, depth=2 * args.batch_size), args.batch_size, on_skip):
+        for batch in batches(prefetch(source.frames(), depth=2 * args.batch_size), args.batch_size, skipped):
             names, images, read_ms = zip(*batch)
             results = detector(list(images))
             times = detector.times
             start = time.perf_counter()
             for name, image, result in zip(names, images, results):
-                if args.save_txt:  # every image gets its file, with 0 detections too
-                    write_results(out / f'{Path(name).stem}.txt', name, result, classes)
-                if not args.no_save:
-                    drawn = draw_detections(image, result['boxes'], result['scores'], result.get('landmarks'),
-                                            labels=result.get('labels'), names=classes)
-                    if kind == 'images':
-                        cv2.imwrite(str(out / name), drawn)
-                    else:
-                        if writer is None:
-                            path = out / f'{stem}.mp4'
-                            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps,
-                                                     (drawn.shape[1], drawn.shape[0]))
-                        writer.write(drawn)
+                outputs.write(name, image, result)
             times['write'] = (time.perf_counter() - start) * 1000
             times['read'] = sum(read_ms)
             for stage in totals:
                 totals[stage] += times[stage]
             for name, result in zip(names, results):
                 count += 1
-                faces += len(result['boxes'])
+                found += len(result['boxes'])
                 per_image = ' '.join(f'{s} {times[s] / len(batch):.1f}' for s in STAGES)
-                print(f'{count} {name}: {len(result["boxes"])} {what_found} ({per_image} ms/image)', flush=True)
+                print(f'{count} {name}: {len(result["boxes"])} {found_what} ({per_image} ms/image)', flush=True)
     except KeyboardInterrupt:
         print('interrupted', flush=True)
     finally:
-        if writer is not None:
-            writer.release()
+        outputs.close()
     wall = time.perf_counter() - wall
 
     if count:
         means = ', '.join(f'{s} {totals[s] / count:.1f}' for s in totals)
-        print(f'{count} images, {faces} {what_found} in {wall:.2f} s; mean ms per image: {means} '
+        print(f'{count} images, {found} {found_what} in {wall:.2f} s; mean ms per image: {means} '
               f'(read runs in a background thread, overlapping the rest)')
     else:
         print('no images processed')
     if skipped:
         print(f'{len(skipped)} skipped (not images): {", ".join(skipped[:10])}{" ..." if len(skipped) > 10 else ""}')
     print(f'results in {out}')
-    return {'images': count, 'faces': faces, 'skipped': skipped}
+    return {'images': count, found_what: found, 'skipped': skipped}
 
 
 if __name__ == '__main__':

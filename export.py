@@ -1,9 +1,9 @@
 """Export a detector to ONNX: any of our detector checkpoints (RetinaFace, CenterFace, the converted released
 CenterFace) or a Pytorch_Retinaface state dict, with dynamic batch, height and width. The graph holds the network
 (BatchNorm folded, pixel normalisation inside) and outputs its raw heads; decoding and NMS stay in Python
-(common/detector.py), so `detect.py --weights M.onnx` runs it through the same pre- and post-processing. The file's
+(common/inference/), so `detect.py --weights M.onnx` runs it through the same pre- and post-processing. The file's
 metadata records the arch, the pixel convention and what the decoder assumes (priors settings for RetinaFace), see
-common/onnx_model.py.
+common/inference/onnx_model.py.
 
 A Pytorch_Retinaface state dict (say which backbone), then detection with onnxruntime:
     python export.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --network mobile0.25 \
@@ -29,9 +29,10 @@ import torch
 
 from common import runtime
 from common.checkpoint import CheckpointError
-from common.detector import RETINAFACE_NETWORKS, load_detector_model
+from common.inference.load import load_detector_model
+from common.inference.onnx_model import INPUT_NAME, export_record, metadata_for
 from common.models import fuse_for_inference
-from common.onnx_model import INPUT_NAME, export_record, metadata_for
+from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 
 
 class SelfCheckFailed(RuntimeError):

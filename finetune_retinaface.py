@@ -5,7 +5,7 @@ The recipe is Pytorch_Retinaface's (SGD, momentum 0.9, weight decay 5e-4, 640 px
 7:1 hard negatives, loss = 2 loc + cls + landmarks) with the MindFace finetune tutorial's warm-up. Evaluation follows
 Pytorch_Retinaface's test_widerface.py: original size, score > 0.02, NMS 0.4, no top-k caps, integer boxes.
 `--data-root` holds train/, val/ (label.txt + images/) and ground_truth/ (the official .mat files); build it from
-the official download with `python -m common.datasets prepare-widerface`, or make a synthetic one with
+the official download with `python -m common.data.prepare_widerface`, or make a synthetic one with
 `python -m common.synthetic widerface --out data/synth`.
 
 Single device:
@@ -29,16 +29,16 @@ import torch
 from common import runtime
 from common.anchors import match, retinaface_priors
 from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
-from common.datasets import LabelFormatError, WiderFaceDataset, detection_collate
-from common.detector import FaceDetector, load_detector_model
-from common.evaluation.widerface_run import evaluate_detector
-from common.loaders import make_loader, to_device
+from common.data.transforms import TrainTransform
+from common.data.widerface import LabelFormatError, WiderFaceDataset
+from common.evaluation.widerface_run import add_evaluation_flags, evaluate_widerface
+from common.inference.load import load_detector_model
+from common.loaders import detection_collate, make_loader, to_device
 from common.losses import MultiBoxLoss
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
 from common.models import load_pretrained
 from common.models.retinaface import NETWORKS, RetinaFace
-from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
-from common.transforms import TrainTransform
+from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
 
 
 def parse_args(argv=None):
@@ -64,27 +64,8 @@ def parse_args(argv=None):
     g.add_argument('--overlap', type=float, default=0.35, help='prior-face IoU that makes a prior a face')
     g.add_argument('--neg-pos-ratio', type=float, default=7, help='hard negatives per positive in the class loss')
     g.add_argument('--loc-weight', type=float, default=2.0, help='weight of the box loss')
-    g = groups['run']
-    g.add_argument('--evaluate', action='store_true', help='only evaluate --weights on val and exit')
-    g.add_argument('--weights', default=None, help='model to evaluate: ours, or a Pytorch_Retinaface state dict')
-    g.add_argument('--conf-thres', type=float, default=0.02, help='evaluation score threshold')
-    g.add_argument('--nms-thres', type=float, default=0.4, help='evaluation NMS IoU threshold')
-    g.add_argument('--top-k', type=int, default=None, help='cap candidates before NMS (default and 0: none)')
-    g.add_argument('--keep-top-k', type=int, default=None, help='cap faces per image after NMS (default and 0: none)')
-    g.add_argument('--test-size', type=int, default=None, help='evaluate with the short side resized to this')
-    g.add_argument('--max-size', type=int, default=None, help='evaluate with the long side capped at this')
-    g.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
+    add_evaluation_flags(groups['run'])  # --evaluate --weights, the reference's evaluation settings
     return parser.parse_args(argv)
-
-
-def evaluate(model, arch, args, rt):
-    """Official WIDER FACE AP on --data-root/val; predictions in OUT/predictions/<event>/<name>.txt."""
-    detector = FaceDetector(model.eval(), arch, rt.device, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
-                            pre_nms_top_k=args.top_k, keep_top_k=args.keep_top_k, test_size=args.test_size,
-                            max_size=args.max_size)
-    root = Path(args.data_root)
-    return evaluate_detector(detector, root / 'val', root / 'ground_truth', args.out,
-                             batch_size=args.eval_batch_size, workers=min(args.workers, 2), log=rt.print)
 
 
 def main(args):
@@ -103,7 +84,7 @@ def main(args):
             model, arch = load_detector_model(weights, args.network, rt.device)
         except CheckpointError as e:
             runtime.fail(f'--weights: {e}')
-        results = evaluate(model, arch, args, rt)
+        results = evaluate_widerface(model, arch, args, rt.device, log=rt.print)
         write_json(out / 'results.json', results)
         return results
 
@@ -135,9 +116,8 @@ def main(args):
     # ------------------------------------------------------------ optimiser and LR schedule (stepped every iteration)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     lr_steps = args.lr_steps if args.lr_steps is not None else [round(0.76 * args.epochs), round(0.88 * args.epochs)]
-    scheduler = build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
-                                warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
-                                per='epoch')
+    scheduler = epoch_schedule(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
+                               warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps)
     scaler = rt.grad_scaler()
 
     # ------------------------------------------------------------ resume: weights, optimiser, schedule, RNG, metrics
@@ -188,7 +168,7 @@ def main(args):
         # ------------------------------------------------------------ evaluate, log, save (rank 0)
         if (args.eval_every > 0 and epoch % args.eval_every == 0) or epoch == args.epochs:
             if rt.is_main:
-                row.update(evaluate(unwrap(model), arch, args, rt))
+                row.update(evaluate_widerface(unwrap(model), arch, args, rt.device, log=rt.print))
             rt.barrier()
         row['epoch_time_s'] = time.perf_counter() - started
         log.append(row)

@@ -25,7 +25,6 @@ Evaluation only:
     python pretrain_extractor.py --data-root data/imagenet --evaluate --weights runs/extractor/last.pt
 """
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -36,12 +35,12 @@ from torchvision import transforms
 from common import runtime
 from common.checkpoint import (CheckpointError, CheckpointManager, load_checkpoint, resume_training, rng_states,
                                unwrap)
-from common.image_folder import SeededImageFolder
+from common.data.image_folder import SeededImageFolder
 from common.loaders import make_loader
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, write_json
 from common.models import build_model, load_pretrained
 from common.models.retinanet import EXTRACTORS, RGB_MEAN, RGB_STD, Extractor
-from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
+from common.optimization import NonFiniteGuard, build_optimizer, iteration_schedule
 
 # fixed counts, as the tutorial's, not fractions of --iterations: scaled to a 600-iteration run they leave 120
 # iterations at the peak LR, and top-1 fell from 0.99 / 0.92 to 0.87 / 0.82 (seeds 1 / 2, README)
@@ -52,14 +51,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     groups = runtime.add_shared_flags(parser, data_root='data/imagenet', out='runs/extractor', epochs=0,
-                                      batch_size=128, lr=None, workers=4, eval_every=5000, save_every=5000)
-    for action in parser._actions:  # the shared flags, counted in iterations here
-        if action.dest in ('eval_every', 'save_every'):
-            action.help = action.help.replace('epochs', 'iterations')
-        if action.dest == 'epochs':
-            action.help = 'passes over the training set to run instead of --iterations (0: use --iterations)'
-        if action.dest == 'lr':
-            action.help = 'peak learning rate (default: the tutorial\'s 0.1 at batch 128, scaled to --batch-size)'
+                                      batch_size=128, lr=None, workers=4, eval_every=5000, save_every=5000,
+                                      unit='iterations', lr_help='peak learning rate (default: the tutorial\'s 0.1 at '
+                                      'batch 128, scaled to --batch-size)')
     g = groups['data']
     g.add_argument('--image-size', type=int, default=224, help='RandomResizedCrop size (the tutorial: 224)')
     g.add_argument('--resize', type=int, default=None, help='Resize before the crop (default: 480 / 224 x size)')
@@ -117,6 +111,23 @@ def evaluate(model, val_set, args, rt) -> dict:
     return {'top1': top1 / total, 'top5': top5 / total}
 
 
+def due(iteration: int, every: int, last: int) -> bool:
+    """Whether a periodic task (log, evaluate, save) falls on `iteration`: every `every` iterations, and the last."""
+    return iteration == last or (every > 0 and iteration % every == 0)
+
+
+def training_batches(loader, dataset, start_iteration: int, iters_per_epoch: int, batch_size: int):
+    """The batches of pass after pass over the training set, from the one `start_iteration` falls in: a resumed run
+    goes on inside its pass with the batch it would have drawn next. Each pass's order is a function of (seed,
+    epoch), each augmentation of (seed, epoch, image)."""
+    epoch, position = divmod(start_iteration, iters_per_epoch)
+    while True:
+        dataset.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch, start=position * batch_size)
+        yield from loader
+        epoch, position = epoch + 1, 0
+
+
 def main(args):
     # ------------------------------------------------------------ set-up
     rt = runtime.setup(args)
@@ -162,7 +173,7 @@ def main(args):
     iterations = args.epochs * iters_per_epoch if args.epochs else args.iterations
 
     # ------------------------------------------------------------ network: the extractor with a classifier
-    arch = {'name': 'extractor', 'arch': args.arch, 'num_classes': len(train_set.classes),
+    arch = {'name': 'extractor', 'backbone': args.arch, 'num_classes': len(train_set.classes),
             'classes': list(train_set.classes)}
     model = Extractor(args.arch, len(train_set.classes))
     if args.pretrained and not args.resume:  # e.g. a torchvision ResNet state dict with as many classes
@@ -180,8 +191,7 @@ def main(args):
     optimizer = build_optimizer(model, args.optimizer, lr, args.momentum, args.weight_decay)
     lr_steps = args.lr_steps if args.lr_steps is not None else list(TUTORIAL_STEPS)
     warmup = args.warmup_iterations if args.warmup_iterations is not None else round(0.05 * iterations)
-    scheduler = build_scheduler(optimizer, iters_per_epoch=1, epochs=iterations, warmup_epochs=warmup,
-                                schedule='step', milestones=lr_steps, per='iter')
+    scheduler = iteration_schedule(optimizer, iterations=iterations, warmup_iterations=warmup, milestones=lr_steps)
     scaler = rt.grad_scaler()
 
     # ------------------------------------------------------------ resume: weights, optimiser, schedule, RNG, metrics
@@ -196,71 +206,68 @@ def main(args):
         iteration, best, log.rows = state['step'], state.get('best'), list(state.get('metrics') or [])
         rt.print(f'resumed from {checkpoints.last} at iteration {iteration}/{iterations}')
 
-    # ------------------------------------------------------------ train: passes over the data until `iterations`
-    guard, meter, started = NonFiniteGuard(), LossMeter(), time.perf_counter()
-    while iteration < iterations:
-        model.train()
-        epoch, position = divmod(iteration, iters_per_epoch)
-        train_set.set_epoch(epoch)  # augmentations: a function of (seed, epoch, image)
-        train_loader.sampler.set_epoch(epoch, start=position * args.batch_size)  # order: (seed, epoch); resume inside
-        bar = progress_bar(train_loader, f'epoch {epoch + 1}/{math.ceil(iterations / iters_per_epoch)}', rt)
-        try:
-            for images, labels in bar:
-                images = images.to(rt.device, non_blocking=True, memory_format=rt.memory_format)
-                labels = labels.to(rt.device, non_blocking=True)
-                with rt.autocast():
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels)
-                accuracy = (logits.detach().argmax(1) == labels).float().mean()
-                optimizer.zero_grad(set_to_none=True)
-                iteration += 1
-                if not guard.check(loss, rt):  # NaN or inf: skip the step (on every process), keep the schedule
-                    scheduler.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    meter.add(loss, {'train_acc': accuracy}, len(images))
-                    bar.set_postfix(meter.postfix(), refresh=False)
-
-                # ---------------------------------------------------- log, evaluate, save (rank 0)
-                evaluating = (args.eval_every > 0 and iteration % args.eval_every == 0) or iteration == iterations
-                saving = (args.save_every > 0 and iteration % args.save_every == 0) or iteration == iterations
-                if not (evaluating or saving or (args.log_every > 0 and iteration % args.log_every == 0)):
-                    continue
-                elapsed = time.perf_counter() - started
-                row = {'epoch': iteration / iters_per_epoch, 'iteration': iteration,
-                       'lr': optimizer.param_groups[0]['lr'], **meter.means(rt),
-                       'images_per_s': meter.samples * rt.world_size / elapsed, 'skipped_steps': guard.skipped}
-                if evaluating:
-                    if rt.is_main:
-                        row.update(evaluate(unwrap(model), val_set, args, rt))
-                    rt.barrier()
-                    model.train()
-                log.append(row)
-                is_best = 'top1' in row and (best is None or row['top1'] > best)
-                best = row['top1'] if is_best else best
+    # ------------------------------------------------------------ train: iterations, the data in passes (epochs)
+    batches = training_batches(train_loader, train_set, iteration, iters_per_epoch, args.batch_size)
+    guard, meter, started, resumed_at = NonFiniteGuard(), LossMeter(), time.perf_counter(), iteration
+    bar = progress_bar(None, 'iterations', rt, total=iterations, initial=iteration)
+    model.train()
+    while True:
+        # ---------------------------------------------------- log, evaluate, save (rank 0) at the top, as nanoGPT
+        fresh = iteration > resumed_at  # a resumed run does not repeat what it did at its checkpoint
+        evaluating = fresh and due(iteration, args.eval_every, iterations)
+        saving = fresh and due(iteration, args.save_every, iterations)
+        if evaluating or saving or (fresh and due(iteration, args.log_every, iterations)):
+            row = {'epoch': iteration / iters_per_epoch, 'iteration': iteration,
+                   'lr': optimizer.param_groups[0]['lr'], **meter.means(rt),
+                   'images_per_s': meter.samples * rt.world_size / (time.perf_counter() - started),
+                   'skipped_steps': guard.skipped}
+            if evaluating:
                 if rt.is_main:
-                    if saving or is_best:
-                        checkpoints.save({'model': unwrap(model).state_dict(), 'arch': arch,
-                                          'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                                          'scaler': scaler.state_dict(), 'epoch': epoch, 'step': iteration,
-                                          'args': plain_args(args), 'metrics': log.rows, 'best': best,
-                                          'rng': rng_states()}, iteration, is_best=is_best)
-                    log.write()
-                    log.plot(['loss', 'train_acc'], ['top1', 'top5'])
-                    values = ' '.join(f'{k} {v:.4f}' for k, v in row.items() if k in ('loss', 'train_acc', 'top1',
-                                                                                     'top5'))
-                    rt.print(f'iteration {iteration}/{iterations} {values} lr {row["lr"]:.2e} '
-                             f'{row["images_per_s"]:.1f} img/s')
+                    row.update(evaluate(unwrap(model), val_set, args, rt))
                 rt.barrier()
-                meter, started = LossMeter(), time.perf_counter()
-                if iteration == iterations:
-                    break
+                model.train()
+            log.append(row)
+            is_best = 'top1' in row and (best is None or row['top1'] > best)
+            best = row['top1'] if is_best else best
+            if rt.is_main:
+                if saving or is_best:
+                    checkpoints.save({'model': unwrap(model).state_dict(), 'arch': arch,
+                                      'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                                      'scaler': scaler.state_dict(), 'epoch': iteration // iters_per_epoch,
+                                      'step': iteration, 'args': plain_args(args), 'metrics': log.rows, 'best': best,
+                                      'rng': rng_states()}, iteration, is_best=is_best)
+                log.write()
+                log.plot(['loss', 'train_acc'], ['top1', 'top5'])
+                values = ' '.join(f'{k} {v:.4f}' for k, v in row.items() if k in ('loss', 'train_acc', 'top1', 'top5'))
+                rt.print(f'iteration {iteration}/{iterations} {values} lr {row["lr"]:.2e} '
+                         f'{row["images_per_s"]:.1f} img/s')
+            rt.barrier()
+            meter, started = LossMeter(), time.perf_counter()
+        if iteration == iterations:
+            break
+
+        # ---------------------------------------------------- one step
+        images, labels = next(batches)
+        images = images.to(rt.device, non_blocking=True, memory_format=rt.memory_format)
+        labels = labels.to(rt.device, non_blocking=True)
+        try:
+            with rt.autocast():
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            if guard.check(loss, rt):  # NaN or inf: skip the step (on every process), keep the schedule
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                meter.add(loss, {'train_acc': (logits.detach().argmax(1) == labels).float().mean()}, len(images))
+                bar.set_postfix(meter.postfix(), refresh=False)
         except torch.cuda.OutOfMemoryError:
             runtime.fail(f'CUDA out of memory at --batch-size {args.batch_size}: lower it (or --image-size)', 1)
-        bar.close()
+        scheduler.step()
+        iteration += 1
+        bar.update()
+    bar.close()
+    batches.close()  # its DataLoader workers stop here
 
     # ------------------------------------------------------------ results: the last evaluation
     results = {k: log.rows[-1][k] for k in ('top1', 'top5') if log.rows and k in log.rows[-1]}

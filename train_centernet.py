@@ -45,16 +45,17 @@ import torch
 
 from common import runtime
 from common.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, resume_training, rng_states, unwrap
-from common.datasets import LabelFormatError, WiderFaceDataset, detection_collate
-from common.detector import FaceDetector, load_detector_model
-from common.evaluation.widerface_run import evaluate_detector
+from common.data.transforms import TrainTransform
+from common.data.widerface import LabelFormatError, WiderFaceDataset
+from common.evaluation.widerface_run import add_evaluation_flags, evaluate_widerface
 from common.heatmaps import build_targets
-from common.loaders import make_loader, to_device
+from common.inference.load import load_detector_model
+from common.loaders import detection_collate, make_loader, to_device
 from common.losses import CenterNetLoss
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
-from common.models import build_model, load_pretrained
-from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
-from common.transforms import TrainTransform
+from common.models import load_pretrained
+from common.models.centerface import CenterFace, ReleasedCenterFace
+from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
 
 
 def parse_args(argv=None):
@@ -91,27 +92,8 @@ def parse_args(argv=None):
     g.add_argument('--wh-weight', type=float, default=1.0, help='weight of the log box size loss (the tutorial: 0.1)')
     g.add_argument('--lm-weight', type=float, default=0.1)
     g.add_argument('--grad-clip', type=float, default=0.0, help='clip the gradient norm (0: off)')
-    g = groups['run']
-    g.add_argument('--evaluate', action='store_true', help='only evaluate --weights on val and exit')
-    g.add_argument('--weights', default=None, help='model to evaluate with --evaluate')
-    g.add_argument('--conf-thres', type=float, default=0.02, help='evaluation score threshold')
-    g.add_argument('--nms-thres', type=float, default=0.4, help='evaluation NMS IoU threshold')
-    g.add_argument('--top-k', type=int, default=None, help='cap candidates before NMS (default and 0: none)')
-    g.add_argument('--keep-top-k', type=int, default=None, help='cap faces per image after NMS (default and 0: none)')
-    g.add_argument('--test-size', type=int, default=None, help='evaluate with the short side resized to this')
-    g.add_argument('--max-size', type=int, default=None, help='evaluate with the long side capped at this')
-    g.add_argument('--eval-batch-size', type=int, default=1, help='val images per forward pass (padded together)')
+    add_evaluation_flags(groups['run'])  # --evaluate --weights, the same evaluation settings as RetinaFace's
     return parser.parse_args(argv)
-
-
-def evaluate(model, arch, args, rt):
-    """Official WIDER FACE AP on --data-root/val; predictions in OUT/predictions/<event>/<name>.txt."""
-    detector = FaceDetector(model.eval(), arch, rt.device, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
-                            pre_nms_top_k=args.top_k, keep_top_k=args.keep_top_k, test_size=args.test_size,
-                            max_size=args.max_size)
-    root = Path(args.data_root)
-    return evaluate_detector(detector, root / 'val', root / 'ground_truth', args.out,
-                             batch_size=args.eval_batch_size, workers=min(args.workers, 2), log=rt.print)
 
 
 def main(args):
@@ -130,7 +112,7 @@ def main(args):
             model, arch = load_detector_model(weights, None, rt.device)
         except CheckpointError as e:
             runtime.fail(f'--weights: {e}')
-        results = evaluate(model, arch, args, rt)
+        results = evaluate_widerface(model, arch, args, rt.device, log=rt.print)
         write_json(out / 'results.json', results)
         return results
 
@@ -159,9 +141,13 @@ def main(args):
                 runtime.fail(f'--pretrained {args.pretrained}: a {pretrained["arch"].get("name")} checkpoint, '
                              f'not a CenterFace')
             arch = pretrained['arch']
-    if arch.get('variant') == 'released' and args.image_size % 32:
-        runtime.fail(f'--image-size {args.image_size}: the released CenterFace takes sides that are multiples of 32')
-    model = build_model(arch)
+    if arch.get('variant') == 'released':  # the authors' layers (common/models/centerface.py)
+        if args.image_size % 32:
+            runtime.fail(f'--image-size {args.image_size}: the released CenterFace takes sides that are multiples '
+                         f'of 32')
+        model = ReleasedCenterFace()
+    else:
+        model = CenterFace(arch['width_mult'], arch['neck_channels'], arch['head_conv'], arch['down'])
     if args.pretrained and not args.resume:  # torchvision's ImageNet MobileNetV2, or a whole CenterFace of ours
         try:
             rt.print(load_pretrained(model, args.pretrained))
@@ -176,9 +162,8 @@ def main(args):
     # ------------------------------------------------------------ optimiser and LR schedule (stepped every iteration)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     lr_steps = args.lr_steps if args.lr_steps is not None else [round(0.7 * args.epochs), round(0.9 * args.epochs)]
-    scheduler = build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
-                                warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
-                                per='epoch')
+    scheduler = epoch_schedule(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
+                               warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps)
     scaler = rt.grad_scaler()
 
     # ------------------------------------------------------------ resume: weights, optimiser, schedule, RNG, metrics
@@ -233,7 +218,7 @@ def main(args):
         # ------------------------------------------------------------ evaluate, log, save (rank 0)
         if (args.eval_every > 0 and epoch % args.eval_every == 0) or epoch == args.epochs:
             if rt.is_main:
-                row.update(evaluate(unwrap(model), arch, args, rt))
+                row.update(evaluate_widerface(unwrap(model), arch, args, rt.device, log=rt.print))
             rt.barrier()
         row['epoch_time_s'] = time.perf_counter() - started
         log.append(row)

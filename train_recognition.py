@@ -40,17 +40,17 @@ from common.checkpoint import CheckpointError, CheckpointManager, extract_state_
     resume_training, rng_states, unwrap
 from common.evaluation.lfw import PairsFormatError, cosine_scores, embed_images, read_pairs, roc_curve, \
     unreadable_images, verification_report
-from common.image_folder import SeededImageFolder, image_problem
+from common.data.image_folder import SeededImageFolder
+from common.data.images import is_image_file, pil_image_problem
 from common.loaders import make_loader
 from common.losses import SoftmaxFocalLoss
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
 from common.models import build_model, load_pretrained
-from common.models.recognition import BACKBONES, HEADS, INPUTS, RESNET_STAGES
-from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
+from common.models.recognition import BACKBONES, HEADS, INPUTS, RESNET_STAGES, build_recognition
+from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
 from common.visualize import plot_roc
 
 RESULT_KEYS = ('acc_10fold', 'std_10fold', 'acc_best_threshold', 'threshold')
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 def parse_args(argv=None):
@@ -156,8 +156,8 @@ def export_embeddings(args, rt):
     """Every image under --export-embeddings DIR -> one .npz (key: path relative to DIR, value: unit vector)."""
     root = runtime.require_path(args.export_embeddings, '--export-embeddings', 'image folder')
     model, arch = load_backbone(args, rt)
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
-    problems = {path: image_problem(root / path) for path in found}
+    found = sorted(p.relative_to(root).as_posix() for p in root.rglob('*') if is_image_file(p))
+    problems = {path: pil_image_problem(root / path) for path in found}
     paths = [path for path in found if not problems[path]]
     skipped = [f'{path} ({why})' for path, why in problems.items() if why]
     if not paths:
@@ -210,7 +210,7 @@ def main(args):
     # ------------------------------------------------------------ network (the embedding) and its margin head
     arch = {'name': 'recognition', 'backbone': args.backbone, 'input': args.input,
             'embedding_size': args.embedding_size, 'resnet_depth': args.resnet_depth, 'drop_ratio': args.drop_ratio}
-    model = build_model(arch)
+    model = build_recognition(arch)  # FaceMobileNet or an IR-SE ResNet, as arch says (common/models/recognition.py)
     if args.pretrained and not args.resume:  # a checkpoint of this script (its backbone; the head starts afresh)
         try:
             rt.print(load_pretrained(model, runtime.require_path(args.pretrained, '--pretrained', 'weights file')))
@@ -228,9 +228,9 @@ def main(args):
     optimizer = build_optimizer(torch.nn.ModuleList([model, head]), args.optimizer, args.lr, args.momentum,
                                 args.weight_decay)
     lr_steps = list(range(args.lr_step, args.epochs + 1, args.lr_step)) if args.lr_step > 0 else []
-    scheduler = build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
-                                warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
-                                gamma=args.lr_gamma, per='epoch')
+    scheduler = epoch_schedule(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
+                               warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
+                               gamma=args.lr_gamma)
     scaler = rt.grad_scaler()
 
     # ------------------------------------------------------------ resume: weights, head, optimiser, schedule, RNG

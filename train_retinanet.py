@@ -8,7 +8,7 @@ background, in between ignored, every object keeps its best anchor (common/ancho
 gamma 2) + smooth L1 (or --box-loss giou), normalised by the object anchors (common/losses.py). Difficult objects
 are kept and flagged: the anchors they take are ignored in training (--train-difficult learns them) and the
 evaluation ignores them. Augmentation: photometric distortion, pad to square, random square crop, flip, resize to
---size (common/voc.py); the test pads to square and resizes the whole image. Network: common/models/retinanet.py.
+--size (common/data/voc.py); the test pads to square and resizes the whole image. Network: common/models/retinanet.py.
 
 Single device (VOC07+12 trainval, VOC07 test):
     python train_retinanet.py --data-root data/VOCdevkit --pretrained-extractor resnet50-0676ba61.pth
@@ -32,21 +32,20 @@ from pathlib import Path
 import torch
 
 from common import runtime
-from common.anchors import match_anchors, retinanet_anchor_sizes
-from common.anchors import RETINANET_RATIOS, RETINANET_SCALES
+from common.anchors import (RETINANET_RATIOS, RETINANET_SCALES, anchors_for, decode_retinanet, match_anchors,
+                            retinanet_anchor_sizes)
 from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
-from common.datasets import detection_collate
-from common.detector import load_detector_model
+from common.data.voc import VOC_CROP_SCALES, AnnotationError, VOCDataset, VOCTestTransform, VOCTrainTransform
 from common.evaluation.voc import evaluate_files, write_detections
-from common.loaders import make_loader, to_device
+from common.inference.load import load_detector_model
+from common.inference.nms import postprocess_objects
+from common.loaders import detection_collate, make_loader, to_device
 from common.losses import RetinaNetLoss
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
 from common.models import load_pretrained
-from common.models.retinanet import (EXTRACTORS, RetinaNet, anchors_for, decode_retinanet, default_fpn_channels,
-                                     postprocess_retinanet)
-from common.optimization import NonFiniteGuard, build_optimizer, build_scheduler
+from common.models.retinanet import EXTRACTORS, RetinaNet, default_fpn_channels
+from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
 from common.visualize import plot_pr_curves
-from common.voc import VOC_CROP_SCALES, AnnotationError, VOCDataset, VOCTestTransform, VOCTrainTransform
 
 
 def parse_args(argv=None):
@@ -117,10 +116,10 @@ def evaluate(model, arch, test_set, args, rt):
             anchors = anchors_for(arch, *images.shape[-2:], device=rt.device)
         with rt.autocast():
             cls_logits, box_offsets = model(images)
-        found = postprocess_retinanet(*decode_retinanet(cls_logits, box_offsets, anchors, args.top_k),
-                                      conf_thres=args.conf_thres, nms_thres=args.nms_thres,
-                                      keep_top_k=args.keep_top_k, scales=[t['scale'] for t in targets],
-                                      image_sizes=[t['image_size'] for t in targets])
+        found = postprocess_objects(*decode_retinanet(cls_logits, box_offsets, anchors, args.top_k),
+                                    conf_thres=args.conf_thres, nms_thres=args.nms_thres,
+                                    keep_top_k=args.keep_top_k, scales=[t['scale'] for t in targets],
+                                    image_sizes=[t['image_size'] for t in targets])
         detections.update({t['name']: {k: v.cpu().numpy() for k, v in f.items()} for t, f in zip(targets, found)})
     folder, year_dir = Path(args.out) / 'detections', test_set.year_dirs[0]
     write_detections(folder, test_set.classes, detections)
@@ -178,7 +177,7 @@ def main(args):
         runtime.fail(f'--batch-size {args.batch_size}: more than the {len(train_set)} training images per process')
 
     # ------------------------------------------------------------ network, from --pretrained-extractor weights
-    arch = {'name': 'retinanet', 'arch': args.arch, 'num_classes': len(train_set.classes),
+    arch = {'name': 'retinanet', 'backbone': args.arch, 'num_classes': len(train_set.classes),
             'classes': list(train_set.classes), 'fpn_channels': args.fpn_channels or default_fpn_channels(args.arch),
             'group_norm': args.group_norm,
             'anchor_sizes': list(args.anchor_sizes or retinanet_anchor_sizes(size)),
@@ -202,9 +201,8 @@ def main(args):
     # ------------------------------------------------------------ optimiser and LR schedule (stepped every iteration)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     lr_steps = args.lr_steps if args.lr_steps is not None else [round(args.epochs * 2 / 3), round(args.epochs * 8 / 9)]
-    scheduler = build_scheduler(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
-                                warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps,
-                                per='epoch')
+    scheduler = epoch_schedule(optimizer, iters_per_epoch=len(train_loader), epochs=args.epochs,
+                               warmup_epochs=args.warmup_epochs, schedule=args.schedule, milestones=lr_steps)
     scaler = rt.grad_scaler()
 
     # ------------------------------------------------------------ resume: weights, optimiser, schedule, RNG, metrics

@@ -49,8 +49,10 @@ if str(REPO) not in sys.path:
 
 from common import runtime  # noqa: E402
 from common.checkpoint import CheckpointError  # noqa: E402
-from common.detector import RETINAFACE_NETWORKS, describe_arch, is_image_file, load_detector_model  # noqa: E402
-from detect import build_detector, read_image  # noqa: E402
+from common.data.images import is_image_file, read_image  # noqa: E402
+from common.inference.load import build_detector, describe_arch, load_detector_model  # noqa: E402
+from common.models.backbones import BGR_MEAN  # noqa: E402
+from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS  # noqa: E402
 
 
 # ------------------------------------------------------------------------------- the reference-style baseline
@@ -94,7 +96,7 @@ def baseline_detect(model, path, device, conf_thres, nms_thres, top_k, keep_top_
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     height, width = image.shape[:2]
     image = np.float32(image)
-    image -= (104, 117, 123)
+    image -= BGR_MEAN
     tensor = torch.from_numpy(image.transpose(2, 0, 1)).unsqueeze(0)
     prepared = time.perf_counter()
     loc, conf, landm = model.forward_normalized(tensor.to(device))

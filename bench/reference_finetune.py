@@ -26,9 +26,10 @@ if str(REPO) not in sys.path:
 
 from bench.detect_speed import loop_priors  # noqa: E402
 from common.checkpoint import save_checkpoint  # noqa: E402
-from common.datasets import parse_retinaface_labels  # noqa: E402
+from common.data.widerface import parse_retinaface_labels  # noqa: E402
 from common.models import load_pretrained  # noqa: E402
-from common.models.retinaface import BGR_MEAN, RetinaFace  # noqa: E402
+from common.models.backbones import BGR_MEAN  # noqa: E402
+from common.models.retinaface import RetinaFace  # noqa: E402
 
 PRE_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)

@@ -1,6 +1,7 @@
-"""RetinaFace priors and RetinaNet anchors, ground-truth matching for a whole batch at once, and box / landmark
-encoding. RetinaNet's anchors are in input pixels (cx, cy, w, h) and its ground truth in pixels (see the section
-at the end); the encoding is the same.
+"""RetinaFace priors and RetinaNet anchors, ground-truth matching for a whole batch at once, box / landmark encoding,
+and the decoders that invert it on a network's outputs (decode_retinaface, decode_retinanet). RetinaNet's anchors
+are in input pixels (cx, cy, w, h) and its ground truth in pixels (see the section at the end); the encoding is
+the same.
 
 Coordinates: priors are (cx, cy, w, h) normalised by the network input size; ground-truth boxes are x1, y1, x2, y2
 and landmarks (N,5,2) x, y, both normalised to [0, 1] by the input size (or in pixels with `image_size=(h, w)`).
@@ -79,6 +80,26 @@ def decode_landmarks(landm: torch.Tensor, priors: torch.Tensor, variances=VARIAN
     (normalised) units."""
     landm = landm.unflatten(-1, (5, 2))
     return priors[..., None, :2] + landm * variances[0] * priors[..., None, 2:]
+
+
+def decode_retinaface(loc, conf_logits, landm, priors, input_hw, top_k: int | None = None):
+    """Raw (B,P,4), (B,P,2), (B,P,10) outputs + (P,4) priors of an input of size (H, W) -> boxes (B,K,4) x1y1x2y2
+    pixels, scores (B,K) (softmax, class 1 = face), landmarks (B,K,5,2) pixels. With `top_k` only the K = top_k
+    best-scoring priors of each image are decoded (what postprocess keeps before NMS anyway), else all P."""
+    height, width = int(input_hw[0]), int(input_hw[1])
+    logits = conf_logits.float()
+    scores = torch.sigmoid(logits[..., 1] - logits[..., 0])  # = softmax(logits)[..., 1], without the exp of both
+    priors = priors.float().expand(scores.shape[0], -1, -1)
+    if top_k is not None and top_k < scores.shape[1]:
+        scores, index = scores.topk(top_k, dim=1)             # best first, like postprocess's own ordering
+
+        def take(t):
+            return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+        loc, landm, priors = take(loc), take(landm), take(priors)
+    scale = torch.tensor([width, height], dtype=torch.float32, device=loc.device)
+    boxes = decode_boxes(loc.float(), priors) * scale.repeat(2)
+    landmarks = decode_landmarks(landm.float(), priors) * scale
+    return boxes, scores, landmarks
 
 
 # ----------------------------------------------------------------------------------------------------- matching
@@ -315,3 +336,23 @@ def match_anchors(anchors, targets, fg_iou: float = 0.5, bg_iou: float = 0.4, va
     loc = encode_boxes(matched_boxes, anchors, variances).masked_fill(~positive[..., None], 0.0)
     return AnchorTargets(assigned, loc, matched_boxes.masked_fill(~positive[..., None], 0.0),
                          torch.where(positive, best_gt, -1))
+
+
+# ------------------------------------------------------------------------------------- RetinaNet's decoder
+
+def anchors_for(arch: dict, height: int, width: int, device=None) -> torch.Tensor:
+    """The (A,4) anchors (cx, cy, w, h in input pixels) of a RetinaNet checkpoint's arch for an input size."""
+    return retinanet_anchors(height, width, arch['anchor_sizes'], scales=arch['anchor_scales'],
+                             ratios=arch['anchor_ratios'], device=device)
+
+
+@torch.no_grad()
+def decode_retinanet(cls_logits, box_offsets, anchors, top_k: int = 1000):
+    """Raw outputs (B,A,K), (B,A,4) + (A,4) anchors -> the top_k (anchor, class) pairs of each image by score:
+    boxes (B,k,4) x1y1x2y2 input pixels, scores (B,k) sigmoid, labels (B,k) class index. Only those are decoded."""
+    batch, num_anchors, num_classes = cls_logits.shape
+    scores = cls_logits.float().sigmoid().reshape(batch, -1)
+    scores, index = scores.topk(min(top_k, scores.shape[1]), dim=1)
+    anchor, labels = index // num_classes, index % num_classes
+    offsets = box_offsets.float().gather(1, anchor[..., None].expand(-1, -1, 4))
+    return decode_boxes(offsets, anchors.float()[anchor], RETINANET_VARIANCES), scores, labels

@@ -23,7 +23,7 @@ those cells are heatmap peaks (1) as well: any of them may fire for the face, si
 Decoding inverts it: peaks of the sigmoid heatmap (equal to their 3x3 max-pool; every cell for the released model,
 as its authors decode it), the top-K per image, and for each
 centre = (cell + off) * down, size = exp(wh) * down, landmark = centre - size / 2 + lm * size; NMS and the score
-threshold follow in common.postprocess. `start_inside_image` is the released decoder's rule for boxes that cross the
+threshold follow in common.inference.nms. `start_inside_image` is the released decoder's rule for boxes that cross the
 image's left or top edge.
 """
 import math
@@ -157,7 +157,7 @@ def decode_centerface(outputs: dict, input_hw, down: int | None = None, top_k: i
     """CenterFace outputs {'hm' logits, 'wh', 'off', 'lm'} for a batch whose input was (H, W) -> boxes (B,K,4)
     x1y1x2y2, scores (B,K), landmarks (B,K,5,2) in input pixels, K = min(top_k, cells) (None: all): the K strongest
     heatmap peaks (cells equal to their 3x3 max-pool) per image, strongest first. Non-peak cells have score 0, so
-    the score threshold of common.postprocess.postprocess drops them. `peaks_only=False` keeps every cell (the
+    the score threshold of common.inference.nms.postprocess drops them. `peaks_only=False` keeps every cell (the
     released model's decoder: NMS alone merges the neighbours). `down` defaults to the input / map size ratio."""
     heat = outputs['hm'].float().sigmoid()
     batch, _, height, width = heat.shape

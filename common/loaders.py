@@ -1,4 +1,5 @@
-"""DataLoaders whose order depends only on (seed, epoch), on one process or many, and moving batches to the device.
+"""DataLoaders whose order depends only on (seed, epoch), on one process or many, the detection sets' collate, and
+moving batches to the device.
 
 A DistributedSampler is used even on one process: it shards the data across processes under torchrun and otherwise
 still gives a seeded shuffle that a resumed run repeats. Workers are started afresh each epoch (not persistent):
@@ -8,6 +9,7 @@ restores, so a resumed run draws the same augmentations as an uninterrupted one.
 import itertools
 import os
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -57,3 +59,19 @@ def to_device(obj, device, non_blocking: bool = True):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device, non_blocking) for v in obj)
     return obj
+
+
+def detection_collate(batch):
+    """[(image HxWx3, target dict)] -> (uint8 tensor (B,3,H,W) BGR, list of target dicts with tensors).
+
+    Arrays in the targets become tensors (boxes float32, landmarks float32, landmark_valid bool); other values
+    (name, scale) pass through unchanged.
+    """
+    images, targets = zip(*batch)
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f'detection_collate needs images of one size (use a transform that resizes); got {shapes}')
+    stacked = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).contiguous()
+    converted = [{k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                  for k, v in t.items()} for t in targets]
+    return stacked, converted

@@ -81,11 +81,11 @@ class LossMeter:
         return {k: rt.all_reduce_mean(float(v) / max(self.steps, 1)) for k, v in self.sums.items()}
 
 
-def progress_bar(iterable, desc: str, rt) -> tqdm:
-    """One bar per epoch on the main process; in a log file (not a terminal) one line per 30 s instead of a
-    redraw per step."""
+def progress_bar(iterable, desc: str, rt, **options) -> tqdm:
+    """One bar per epoch on the main process (or one for a run counted in iterations: iterable None, `total` and
+    `initial` in options); in a log file (not a terminal) one line per 30 s instead of a redraw per step."""
     return tqdm(iterable, desc=desc, disable=not rt.is_main, leave=False, dynamic_ncols=True, file=sys.stdout,
-                mininterval=0.5 if sys.stdout.isatty() else 30)
+                mininterval=0.5 if sys.stdout.isatty() else 30, **options)
 
 
 def summary_line(row: dict, epochs: int) -> str:

@@ -2,8 +2,9 @@
 steps whose loss is not finite.
 
     optimizer = build_optimizer(model, 'sgd', lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    scheduler = build_scheduler(optimizer, iters_per_epoch=len(loader), epochs=250, warmup_epochs=5,
-                                schedule='step', milestones=[190, 220], per='epoch')
+    scheduler = epoch_schedule(optimizer, iters_per_epoch=len(loader), epochs=250, warmup_epochs=5,
+                               schedule='step', milestones=[190, 220])
+    # or, for a run counted in iterations: iteration_schedule(optimizer, iterations=600_000, milestones=[...])
     ...
     if not guard.check(loss, rt):   # NaN / inf: skip this step on every process
         ...
@@ -35,32 +36,45 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, momentum: floa
     fail(f'--optimizer: unknown optimiser {name!r} (use {", ".join(OPTIMIZERS)})')
 
 
-def lr_factor(step: int, *, iters_per_epoch: int, epochs: int, warmup_epochs: float = 0.0, schedule: str = 'step',
-              milestones=(), gamma: float = 0.1, per: str = 'iter') -> float:
-    """Multiplier of the peak LR at optimiser step `step` (0-based): a linear warm-up from 0, then 'step' (x gamma at
-    each milestone), 'cosine' (down to 0 at the last epoch) or 'constant'. `milestones` are in epochs, or in
-    iterations with iters_per_epoch=1. per='epoch' holds the factor for a whole epoch after the warm-up (the
-    reference recipes change the LR at epoch boundaries; the warm-up still moves every iteration)."""
-    position = step / iters_per_epoch  # epochs done, fractional
-    warmup_iters = warmup_epochs * iters_per_epoch
-    if step < warmup_iters:
-        return step / warmup_iters
-    if per == 'epoch':
-        position = math.floor(position)
+def lr_factor(position: float, *, total: float, warmup: float = 0.0, schedule: str = 'step', milestones=(),
+              gamma: float = 0.1) -> float:
+    """Multiplier of the peak LR at `position` (in the schedule's unit: iterations, or epochs done): a linear
+    warm-up from 0 over `warmup`, then 'step' (x gamma at each milestone), 'cosine' (down to 0 at `total`) or
+    'constant'."""
+    if position < warmup:
+        return position / warmup
     if schedule == 'step':
         return gamma ** sum(position >= m for m in milestones)
     if schedule == 'cosine':
-        progress = (position - warmup_epochs) / max(epochs - warmup_epochs, 1e-8)
+        progress = (position - warmup) / max(total - warmup, 1e-8)
         return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     if schedule == 'constant':
         return 1.0
     fail(f'--schedule: unknown LR schedule {schedule!r} (use {", ".join(SCHEDULES)})')
 
 
-def build_scheduler(optimizer, **kwargs) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimiser step with `lr_factor(step, **kwargs)`."""
-    lr_factor(0, **kwargs)  # a bad schedule name stops now, not after the first epoch
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))
+def epoch_schedule(optimizer, *, iters_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
+                   schedule: str = 'step', milestones=(), gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """A schedule in epochs (milestones are epochs), stepped once per optimiser step: the warm-up moves every
+    iteration, after it the LR changes at epoch boundaries, as the reference recipes change it."""
+    def factor(step: int) -> float:
+        epochs_done = step / iters_per_epoch
+        if epochs_done >= warmup_epochs:
+            epochs_done = math.floor(epochs_done)
+        return lr_factor(epochs_done, total=epochs, warmup=warmup_epochs, schedule=schedule, milestones=milestones,
+                         gamma=gamma)
+    factor(0)  # a bad schedule name stops now, not after the first epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def iteration_schedule(optimizer, *, iterations: int, warmup_iterations: int = 0, schedule: str = 'step',
+                       milestones=(), gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """A schedule in iterations (milestones are iterations), stepped once per optimiser step."""
+    def factor(step: int) -> float:
+        return lr_factor(step, total=iterations, warmup=warmup_iterations, schedule=schedule, milestones=milestones,
+                         gamma=gamma)
+    factor(0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class NonFiniteGuard:

@@ -172,11 +172,13 @@ def setup(args) -> Runtime:
 
 
 def add_shared_flags(parser: argparse.ArgumentParser, *, data_root: str, out: str, epochs: int, batch_size: int,
-                     lr: float, workers: int = 4, eval_every: int = 1, save_every: int = 1, keep: int = 3):
+                     lr: float | None, workers: int = 4, eval_every: int = 1, save_every: int = 1, keep: int = 3,
+                     unit: str = 'epochs', lr_help: str = 'peak learning rate'):
     """The flags every training script has (DESIGN.md), with the script's own defaults: --data-root --workers
     --pretrained --epochs --batch-size --lr --amp --channels-last --out --device --resume --seed --eval-every
-    --save-every --keep. Everything else a script declares itself. Returns the argument groups (data, model,
-    optimisation, run) so the script adds its own flags where a reader expects them."""
+    --save-every --keep. Everything else a script declares itself. `unit` is what the loop counts ('epochs', or
+    'iterations' for a script whose --epochs is an alternative to its --iterations). Returns the argument groups
+    (data, model, optimisation, run) so the script adds its own flags where a reader expects them."""
     groups = {name: parser.add_argument_group(name) for name in ('data', 'model', 'optimisation', 'run')}
     g = groups['data']
     g.add_argument('--data-root', default=data_root, help='dataset folder (default: %(default)s)')
@@ -185,9 +187,10 @@ def add_shared_flags(parser: argparse.ArgumentParser, *, data_root: str, out: st
     g = groups['model']
     g.add_argument('--pretrained', default=None, help='weights to start from (checkpoint or foreign format)')
     g = groups['optimisation']
-    g.add_argument('--epochs', type=int, default=epochs)
+    g.add_argument('--epochs', type=int, default=epochs, help='passes over the training set' if unit == 'epochs' else
+                   'passes over the training set to run instead of --iterations (0: use --iterations)')
     g.add_argument('--batch-size', type=int, default=batch_size, help='images per step on each process')
-    g.add_argument('--lr', type=float, default=lr, help='peak learning rate')
+    g.add_argument('--lr', type=float, default=lr, help=lr_help)
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=True,
                    help='mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU')
     g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
@@ -199,7 +202,8 @@ def add_shared_flags(parser: argparse.ArgumentParser, *, data_root: str, out: st
     g.add_argument('--resume', action='store_true', help='continue from OUT/last.pt (weights, optimiser, schedule, '
                    'epoch, metrics)')
     g.add_argument('--seed', type=int, default=0)
-    g.add_argument('--eval-every', type=int, default=eval_every, help='evaluate every N epochs (0: only at the end)')
-    g.add_argument('--save-every', type=int, default=save_every, help='write epoch_<N>.pt every N epochs')
-    g.add_argument('--keep', type=int, default=keep, help='how many epoch_<N>.pt checkpoints to keep')
+    g.add_argument('--eval-every', type=int, default=eval_every, help=f'evaluate every N {unit} (0: only at the end)')
+    name = 'epoch' if unit == 'epochs' else 'iter'
+    g.add_argument('--save-every', type=int, default=save_every, help=f'write {name}_<N>.pt every N {unit}')
+    g.add_argument('--keep', type=int, default=keep, help=f'how many {name}_<N>.pt checkpoints to keep')
     return groups

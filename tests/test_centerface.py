@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from common.checkpoint import CheckpointError
-from common.detector import decoder_for
+from common.inference.detectors import decoder_for
 from common.heatmaps import build_targets
 from common.losses import CenterNetLoss, centernet_focal_loss, heatmap_mse_loss, masked_smooth_l1
 from common.models import build_model, fuse_for_inference, load_pretrained

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.datasets import (LabelFormatError, WiderFaceDataset, detection_collate, main,
-                             parse_retinaface_labels)
+from common.data.prepare_widerface import main as prepare_main
+from common.data.widerface import LabelFormatError, WiderFaceDataset, main, parse_retinaface_labels
+from common.loaders import detection_collate
 
 FACE_19 = '10 20 30 40 15 30 0.0 30 30 0.0 22 40 0.0 17 50 0.0 28 50 0.0'
 
@@ -182,12 +183,12 @@ def test_collate_shapes_and_dtypes():
 
 def test_check_command(tmp_path, capsys):
     path = write(tmp_path / 'label.txt', '# a.jpg\n' + FACE_19 + '\n1 1 0 1\n# b.jpg\n')
-    assert main(['check', '--labels', str(path)]) == 0
+    assert main(['--labels', str(path)]) == 0
     assert '2 images, 1 faces (1 with landmarks), 1 images without faces, 1 boxes dropped' in capsys.readouterr().out
-    assert main(['check', '--labels', str(tmp_path / 'missing.txt')]) == 2
+    assert main(['--labels', str(tmp_path / 'missing.txt')]) == 2
     assert 'missing.txt' in capsys.readouterr().err
     write(path, '# a.jpg\n1 2 3\n')
-    assert main(['check', '--labels', str(path)]) == 2
+    assert main(['--labels', str(path)]) == 2
     assert f'{path}:2:' in capsys.readouterr().err
 
 
@@ -220,7 +221,7 @@ def fake_wider_download(root):
 def test_prepare_widerface(tmp_path, capsys):
     labels = fake_wider_download(tmp_path / 'wider')
     out = tmp_path / 'prepared'
-    assert main(['prepare-widerface', '--wider-root', str(tmp_path / 'wider'), '--out', str(out),
+    assert prepare_main(['--wider-root', str(tmp_path / 'wider'), '--out', str(out),
                  '--labels', str(labels)]) == 0
     printed = capsys.readouterr().out
     assert 'train: 2 images, 1 faces (1 with landmarks), 1 invalid faces dropped' in printed
@@ -244,7 +245,7 @@ def test_prepare_widerface_bad_gt_line(tmp_path, capsys):
     fake_wider_download(tmp_path / 'wider')
     gt = tmp_path / 'wider/wider_face_split/wider_face_val_bbx_gt.txt'
     gt.write_text('0--Parade/v.jpg\n1\n5 6 7\n')
-    assert main(['prepare-widerface', '--wider-root', str(tmp_path / 'wider'), '--out', str(tmp_path / 'o')]) == 2
+    assert prepare_main(['--wider-root', str(tmp_path / 'wider'), '--out', str(tmp_path / 'o')]) == 2
     assert f'{gt}:3: expected 10 integers' in capsys.readouterr().err
-    assert main(['prepare-widerface', '--wider-root', str(tmp_path), '--out', str(tmp_path / 'o')]) == 2
+    assert prepare_main(['--wider-root', str(tmp_path), '--out', str(tmp_path / 'o')]) == 2
     assert 'wider_face_train_bbx_gt.txt' in capsys.readouterr().err

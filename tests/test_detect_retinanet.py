@@ -10,7 +10,7 @@ import bad_input
 from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, retinanet_anchor_sizes
 from common.checkpoint import save_checkpoint
 from common.models.retinanet import RetinaNet
-from common.object_drawing import CLASSES, make_voc
+from common.synthetic.objects import CLASSES, make_voc
 
 SIZE = 128
 

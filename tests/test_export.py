@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from common.anchors import RETINAFACE_MIN_SIZES, RETINAFACE_STEPS, VARIANCES
-from common.detector import load_detector_model
+from common.inference.load import load_detector_model
 from common.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.heatmaps import build_targets, decode_centerface, gaussian_radius
-from common.postprocess import postprocess
+from common.inference.nms import postprocess
 
 DOWN = 4
 

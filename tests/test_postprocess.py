@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from common.anchors import boxes_cxcywh_to_xyxy, retinaface_priors
-from common.postprocess import decode_retinaface, postprocess, to_image_pixels
+from common.anchors import decode_retinaface
+from common.inference.nms import postprocess, to_image_pixels
 
 
 def greedy_nms_plus_one(boxes, scores, threshold):

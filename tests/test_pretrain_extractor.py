@@ -11,7 +11,7 @@ import torch
 
 from bad_input import main_exit
 from common.checkpoint import load_checkpoint
-from common.object_drawing import make_imagefolder, make_voc
+from common.synthetic.objects import make_imagefolder, make_voc
 
 # 24 train images / batch 4: 6 iterations an epoch; the save at iteration 3 is in the middle of one
 TINY = ('--arch', 'resnet18', '--image-size', '32', '--batch-size', '4', '--workers', '0', '--device', 'cpu',
@@ -52,7 +52,7 @@ def test_killed_inside_an_epoch_resumes_bit_exact(tiny_folder, straight_run, tmp
     assert status == 0, err
     a, b = load_checkpoint(straight_run / 'last.pt'), load_checkpoint(killed / 'last.pt')
     assert a['step'] == b['step'] == 8 and a['epoch'] == b['epoch'] == 1
-    assert a['arch'] == {'name': 'extractor', 'arch': 'resnet18', 'num_classes': 6, 'classes': a['arch']['classes']}
+    assert a['arch'] == {'name': 'extractor', 'backbone': 'resnet18', 'num_classes': 6, 'classes': a['arch']['classes']}
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), key
     rows_a = (straight_run / 'metrics.csv').read_text().splitlines()

@@ -9,7 +9,7 @@ import torch
 from bench import reference_finetune as reference
 from common.anchors import match, retinaface_priors
 from common.losses import MultiBoxLoss
-from common.transforms import random_square_crop
+from common.data.transforms import random_square_crop
 
 
 class PlannedDraws:
@@ -114,7 +114,7 @@ def test_reference_augmentation_gives_normalised_targets_inside_the_crop():
 
 def test_reference_finetune_writes_a_checkpoint_detect_loads(tmp_path, capsys):
     """The script the bench runs: a short finetune on synthetic faces ends in a Pytorch_Retinaface state dict."""
-    from common.detector import load_detector_model
+    from common.inference.load import load_detector_model
     from common.models.retinaface import RetinaFace
     from common.synthetic import make_widerface
     root = make_widerface(tmp_path / 'data', num_images=8, seed=0)

@@ -8,7 +8,8 @@ import torch
 from common.anchors import retinaface_priors
 from common.checkpoint import CheckpointError
 from common.models import build_model, fuse_for_inference, load_pretrained
-from common.postprocess import decode_retinaface, postprocess
+from common.anchors import decode_retinaface
+from common.inference.nms import postprocess
 from common.visualize import draw_detections
 
 MNET = {'name': 'retinaface', 'network': 'mobile0.25'}

@@ -13,7 +13,9 @@ from common.anchors import (BACKGROUND, IGNORED, RETINANET_VARIANCES, boxes_cxcy
 from common.checkpoint import CheckpointError
 from common.losses import RetinaNetLoss
 from common.models import build_model, load_pretrained
-from common.models.retinanet import Extractor, RetinaNet, decode_retinanet, postprocess_retinanet
+from common.anchors import decode_retinanet
+from common.inference.nms import postprocess_objects
+from common.models.retinanet import Extractor, RetinaNet
 
 
 @pytest.mark.parametrize('arch, channels', [('resnet18', (128, 256, 512)), ('resnet50', (512, 1024, 2048))])
@@ -161,9 +163,9 @@ def test_decode_and_per_class_nms():
     cls_logits[0, 2, 1] = 0.5
     boxes, scores, labels = decode_retinanet(cls_logits, torch.zeros(1, 3, 4), anchors, top_k=6)
     assert boxes.shape == (1, 6, 4) and torch.allclose(boxes[0, 0], torch.tensor([30.0, 30, 70, 70]))
-    out = postprocess_retinanet(boxes.expand(2, -1, -1), scores.expand(2, -1), labels.expand(2, -1),
+    out = postprocess_objects(boxes.expand(2, -1, -1), scores.expand(2, -1), labels.expand(2, -1),
                                 scales=[1.0, 0.5], image_sizes=[(200, 200), (100, 100)])
     assert out[0]['labels'].tolist() == [0, 1, 1] and torch.allclose(out[0]['scores'], torch.sigmoid(
         torch.tensor([3.0, 1.0, 0.5])))
     assert torch.allclose(out[1]['boxes'][0], torch.tensor([60.0, 60, 100, 100]))  # / 0.5, clipped to 100
-    assert len(postprocess_retinanet(boxes, scores, labels, keep_top_k=1)[0]['boxes']) == 1
+    assert len(postprocess_objects(boxes, scores, labels, keep_top_k=1)[0]['boxes']) == 1

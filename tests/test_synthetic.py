@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from common.datasets import parse_retinaface_labels
-from common.face_drawing import draw_person
+from common.data.widerface import parse_retinaface_labels
+from common.synthetic.faces import draw_person
 from common.synthetic import KINDS, make_widerface
 
 SETTINGS = ('easy', 'medium', 'hard')
@@ -145,4 +145,4 @@ def test_cli_and_contact_sheet(tmp_path, widerface, repo_root):
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size < 400_000
     run = subprocess.run([sys.executable, '-m', 'common.synthetic', 'contact-sheet', '--data', str(tmp_path / 'no'),
                           '--out', str(png)], capture_output=True, text=True, cwd=repo_root)
-    assert run.returncode == 2 and 'no train/label.txt' in run.stderr
+    assert run.returncode == 2 and 'neither a widerface set (train/label.txt)' in run.stderr

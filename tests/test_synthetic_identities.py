@@ -1,4 +1,4 @@
-"""Synthetic identities (common/synthetic_identities.py): reproducible bytes, the ImageFolder and pair-list layout,
+"""Synthetic identities (common/synthetic/identities.py): reproducible bytes, the ImageFolder and pair-list layout,
 people who differ from each other more than their pictures do, and colour alone not telling them apart."""
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 
 from common.evaluation.lfw import evaluate_embeddings, read_pairs
 from common.synthetic import KINDS
-from common.synthetic_identities import colour_histogram_embeddings, make_identities, render_face_crop, \
+from common.synthetic.identities import colour_histogram_embeddings, make_identities, render_face_crop, \
     sample_identity
 
 SMALL = {'identities': 3, 'images_per_identity': 2, 'test_identities': 20, 'test_images_per_identity': 3,
@@ -36,6 +36,19 @@ def test_same_seed_same_bytes_and_the_command_line(small_set, tmp_path):
                            '--seed', '4', *flags], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert files_of(tmp_path / 'cli') == files_of(small_set)
+
+
+def test_colour_baseline_and_contact_sheet_commands(small_set, tmp_path):
+    def synthetic(*argv):
+        return subprocess.run([sys.executable, '-m', 'common.synthetic', *map(str, argv)], capture_output=True,
+                              text=True, timeout=120)
+    done = synthetic('colour-baseline', '--data', small_set)
+    assert done.returncode == 0 and done.stdout.count('10-fold accuracy') == 2, done.stderr
+    done = synthetic('contact-sheet', '--data', small_set, '--out', tmp_path / 'sheet.png')
+    assert done.returncode == 0, done.stderr
+    assert cv2.imread(str(tmp_path / 'sheet.png')).shape == (3 * 128, 2 * 128, 3)  # 3 people, 2 pictures each
+    done = synthetic('colour-baseline', '--data', tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith('error: --data') and 'Traceback' not in done.stderr
 
 
 def test_layout_and_pair_lists(small_set):

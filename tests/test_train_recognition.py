@@ -14,7 +14,7 @@ import torch
 
 import bad_input
 from common.checkpoint import load_checkpoint
-from common.synthetic_identities import make_identities
+from common.synthetic.identities import make_identities
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 people x 4 pictures to train on (2 steps of 8 per epoch); 20 others x 2 pictures for the 10 sets of pairs
@@ -124,7 +124,7 @@ def test_augmentations_depend_on_seed_epoch_and_picture_only(tiny):
     """The torchvision transforms draw the same flip and crop for (seed, epoch, picture) whatever was drawn before,
     and leave torch's global generator as they found it."""
     import train_recognition
-    from common.image_folder import SeededImageFolder
+    from common.data.image_folder import SeededImageFolder
     dataset = SeededImageFolder(tiny / 'train', train_recognition.face_transforms('gray128')[0], verbose=False, seed=3)
     dataset.set_epoch(1)
     state = torch.get_rng_state()

@@ -12,7 +12,7 @@ import torchvision
 
 import bad_input
 from common.checkpoint import load_checkpoint
-from common.object_drawing import make_voc
+from common.synthetic.objects import make_voc
 
 TINY = ('--years', '2007', '--arch', 'resnet18', '--fpn-channels', '16', '--size', '64', '--batch-size', '4',
         '--workers', '0', '--device', 'cpu', '--eval-every', '1', '--save-every', '1', '--lr-steps', '1',

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from common.transforms import TrainTransform, horizontal_flip, photometric_distort, random_square_crop
+from common.data.transforms import TrainTransform, horizontal_flip, photometric_distort, random_square_crop
 
 # marker colours per landmark; mirrored pairs share a colour so a flip keeps the colour under each point
 PAIR_COLOURS = np.array([[0, 0, 255], [0, 0, 255], [0, 255, 0], [255, 0, 0], [255, 0, 0]], np.uint8)

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.object_drawing import CLASSES, make_imagefolder, make_object_image, make_voc
-from common.voc import (AnnotationError, VOCDataset, VOCTestTransform, VOCTrainTransform, read_annotation,
+from common.synthetic.objects import CLASSES, make_imagefolder, make_object_image, make_voc
+from common.data.voc import (AnnotationError, VOCDataset, VOCTestTransform, VOCTrainTransform, read_annotation,
                         write_annotation)
 
 XML = """<annotation>

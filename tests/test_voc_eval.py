@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.evaluation.voc import evaluate_files, main, voc_ap, write_detections
-from common.voc import VOC_CLASSES
+from common.data.voc import VOC_CLASSES
 
 
 # ---------------------------------------------------------------------------------------------------- reference

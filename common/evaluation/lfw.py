@@ -237,11 +237,11 @@ class ImageList:
 
 def unreadable_images(root, paths) -> list[str]:
     """'path (why)' for each of root/path that is missing or cannot be decoded."""
-    from ..image_folder import image_problem
+    from ..data.images import pil_image_problem
     root = Path(root)
     problems = []
     for path in paths:
-        why = 'missing' if not (root / path).is_file() else image_problem(root / path)
+        why = 'missing' if not (root / path).is_file() else pil_image_problem(root / path)
         if why:
             problems.append(f'{root / path} ({why})')
     return problems

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import is_number
-from ..voc import VOC_CLASSES, AnnotationError, read_annotations, read_image_set
+from ..data.voc import VOC_CLASSES, AnnotationError, read_annotations, read_image_set
+from ..data.widerface import is_number
 
 
 class DetectionFileError(ValueError):

@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .voc import voc_ap
+
 SETTINGS = ('easy', 'medium', 'hard')
 NUM_THRESHOLDS = 1000
 # Upper bound on (prediction, ground truth) pairs held at once: bounds memory on crowded images (700+ faces).
@@ -248,15 +250,6 @@ def normalize_scores(scores):
     if high == low:
         return np.ones_like(scores)
     return (scores - low) / (high - low)
-
-
-def voc_ap(recall, precision):
-    """VOC all-point AP: area under the precision envelope, recall given in non-decreasing order."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope: best precision at this recall or beyond
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
 def _as_prediction_array(key, value):

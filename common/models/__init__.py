@@ -1,6 +1,8 @@
-"""Network definitions. Building a model never reads a file or the network by itself.
+"""Network definitions. Building a model never reads a file or the network by itself; a training script builds its
+network in sight (RetinaFace(args.network), CenterFace(...), RetinaNet(...)).
 
-`build_model(arch)` rebuilds any network from the plain `arch` dict stored in every checkpoint;
+`build_model(arch)` rebuilds any network from the plain `arch` dict stored in every checkpoint (for detect.py,
+export.py and --evaluate, which know the network only from the file);
 `load_pretrained(model, path)` fills it from one of the weight files people pass around (see there);
 `fuse_for_inference(model)` folds BatchNorm into the convs for fast inference.
 """
@@ -10,41 +12,19 @@ from typing import NamedTuple
 import torch
 
 from ..checkpoint import CheckpointError, extract_state_dict, load_checkpoint
-from .backbones import fuse_for_inference  # noqa: F401  (re-exported)
+from .backbones import BGR_MEAN, fuse_for_inference  # noqa: F401  (fuse_for_inference re-exported)
+from .centerface import RELEASED_SIZE_MULTIPLE, build_centerface
+from .recognition import build_recognition
+from .retinaface import RetinaFace
+from .retinanet import build_extractor, build_retinanet
 
-
-def _build_retinaface(arch: dict) -> torch.nn.Module:
-    from .retinaface import RetinaFace
-    return RetinaFace(arch.get('network', 'mobile0.25'))
-
-
-def _build_centerface(arch: dict) -> torch.nn.Module:
-    from .centerface import build_centerface
-    return build_centerface(arch)
-
-
-def _build_recognition(arch: dict) -> torch.nn.Module:
-    from .recognition import build_recognition
-    return build_recognition(arch)
-
-
-def _build_retinanet(arch: dict) -> torch.nn.Module:
-    from .retinanet import build_retinanet
-    return build_retinanet(arch)
-
-
-def _build_extractor(arch: dict) -> torch.nn.Module:  # pretrain_extractor.py's classifier
-    from .retinanet import build_extractor
-    return build_extractor(arch)
-
-
-# arch['name'] -> builder(arch); each network family adds its entry here
+# arch['name'] -> the network it describes; each network family adds its entry here
 BUILDERS = {
-    'retinaface': _build_retinaface,
-    'centerface': _build_centerface,
-    'retinanet': _build_retinanet,
-    'extractor': _build_extractor,
-    'recognition': _build_recognition,
+    'retinaface': lambda arch: RetinaFace(arch.get('network', 'mobile0.25')),
+    'centerface': build_centerface,
+    'retinanet': build_retinanet,
+    'extractor': build_extractor,  # pretrain_extractor.py's classifier
+    'recognition': build_recognition,
 }
 
 
@@ -129,15 +109,14 @@ class InputConvention(NamedTuple):
 def input_convention(arch: dict) -> InputConvention:
     """The pixel convention of a detector network (stated with each network in its module)."""
     if arch['name'] == 'centerface' and arch.get('variant') == 'released':
-        from .centerface import RELEASED_SIZE_MULTIPLE
         return InputConvention((0, 0, 0), RELEASED_SIZE_MULTIPLE, 'BGR 0..255; inside: to RGB, no mean, no std '
                                '(the released model\'s input); each side stretched to a multiple of 32')
     if arch['name'] == 'centerface':
-        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
+        return InputConvention(BGR_MEAN, None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
                                '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
     if arch['name'] == 'retinaface':
-        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: minus the mean (104, 117, 123), no scaling')
+        return InputConvention(BGR_MEAN, None, f'BGR 0..255; inside: minus the mean {BGR_MEAN}, no scaling')
     if arch['name'] == 'retinanet':
-        return InputConvention((104, 117, 123), None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
+        return InputConvention(BGR_MEAN, None, 'BGR 0..255; inside: to RGB, minus the ImageNet mean '
                                '(123.7, 116.3, 103.5), divided by its std (58.4, 57.1, 57.4)')
     raise CheckpointError(f'no detector input convention for network {arch["name"]!r}')

@@ -9,14 +9,17 @@ so checkpoints in that layout load as they are:
 - ResNet50: torchvision's resnet50 (built with weights=None: nothing is downloaded) minus avgpool/fc; returns
   layer2/3/4 (strides 8/16/32; 512, 1024, 2048 channels).
 
-`normalize_pixels` turns raw pixels into the network's input; `fuse_for_inference(model)` folds every BatchNorm
-into the conv before it, for faster CPU inference.
+`BGR_MEAN` is the pixel the detectors map to zero (RetinaFace subtracts it; the padding of every detection input and
+augmentation uses it); `normalize_pixels` turns raw pixels into the network's input; `fuse_for_inference(model)`
+folds every BatchNorm into the conv before it, for faster CPU inference.
 """
 import copy
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+BGR_MEAN = (104, 117, 123)  # Pytorch_Retinaface's mean, about ImageNet's in BGR order
 
 
 def normalize_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:

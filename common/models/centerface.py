@@ -157,8 +157,8 @@ class InvertedResidual(nn.Module):
 
 class ReleasedCenterFace(nn.Module):
     """`model(images) -> {'hm', 'wh', 'off', 'lm'}` at stride 4 in our encoding, like CenterFace; images are BGR
-    0..255 (uint8 or float) with H and W multiples of 32 (common.detector stretches each image to that, as the
-    authors' pipeline does)."""
+    0..255 (uint8 or float) with H and W multiples of 32 (common.inference.detectors stretches each image to that, as
+    the authors' pipeline does)."""
 
     def __init__(self):
         super().__init__()

@@ -2,15 +2,16 @@
 
 Built in the Pytorch_Retinaface state_dict layout (body.*, fpn.*, ssh1-3.*, ClassHead/BboxHead/LandmarkHead.N.*),
 so that project's checkpoints load strictly. The network takes raw BGR pixels 0..255 (uint8 or float, (B,3,H,W))
-and subtracts the mean (104, 117, 123) itself, and returns the raw head outputs in train and eval mode alike:
-loc (B,P,4), class logits (B,P,2), landmarks (B,P,10) with P = 2 * sum of the three levels' H*W. Priors, decoding
-and softmax live in common.anchors / common.postprocess.
+and subtracts the mean (104, 117, 123) itself, and returns the raw head outputs in train and eval mode alike: loc
+(B,P,4), class logits (B,P,2), landmarks (B,P,10) with P = 2 * sum of the three levels' H*W. Priors, decoding and
+softmax live in common.anchors, NMS in common.inference.nms.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import MobileNetV1, ResNet50Body, conv_bn, conv_bn1x1, conv_bn_no_relu, normalize_pixels
+from .backbones import (BGR_MEAN, MobileNetV1, ResNet50Body, conv_bn, conv_bn1x1, conv_bn_no_relu,
+                        normalize_pixels)
 
 # network name -> (backbone class, FPN/SSH/head width); the FPN inputs are the backbone's out_channels
 NETWORKS = {
@@ -18,7 +19,6 @@ NETWORKS = {
     'resnet50': (ResNet50Body, 256),
 }
 NUM_ANCHORS = 2
-BGR_MEAN = (104.0, 117.0, 123.0)
 
 
 def _leaky_for(out_channels: int) -> float:
@@ -94,7 +94,7 @@ class RetinaFace(nn.Module):
         self.BboxHead = nn.ModuleList(Head(width, 4) for _ in range(3))
         self.LandmarkHead = nn.ModuleList(Head(width, 10) for _ in range(3))
         # not persistent: the state dict keeps exactly the reference layout
-        self.register_buffer('mean', torch.tensor(BGR_MEAN), persistent=False)
+        self.register_buffer('mean', torch.tensor(BGR_MEAN, dtype=torch.float32), persistent=False)
 
     def forward(self, images: torch.Tensor):
         """images: (B,3,H,W) BGR 0..255 -> loc (B,P,4), class logits (B,P,2), landmarks (B,P,10)."""

@@ -1,5 +1,5 @@
-"""RetinaNet: a ResNet "extractor" -> FPN P3-P7 -> class and box towers shared by all levels, 9 anchors per cell;
-and its inference step (decode the top candidates, per-class NMS for the whole batch).
+"""RetinaNet: a ResNet "extractor" -> FPN P3-P7 -> class and box towers shared by all levels, 9 anchors per cell.
+Its anchors and decoder are in common/anchors.py, its per-class NMS in common/inference/nms.py.
 
 The Extractor is torchvision's ResNet (built with weights=None: nothing is downloaded) under torchvision's own
 attribute names, so a torchvision state dict (resnet18/34/50/101-*.pth) and a pretrain_extractor.py checkpoint
@@ -23,9 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm  # BatchNorm2d and SyncBatchNorm (DDP)
-from torchvision.ops import batched_nms
 
-from ..anchors import RETINANET_VARIANCES, decode_boxes, retinanet_anchors
 from .backbones import normalize_pixels
 
 # arch -> C3, C4, C5 channels
@@ -167,61 +165,12 @@ class RetinaNet(nn.Module):
 
 
 def build_retinanet(arch: dict) -> RetinaNet:
-    """From a checkpoint's arch dict: {'name': 'retinanet', 'arch', 'num_classes', 'fpn_channels', 'group_norm',
-    anchor settings ...}."""
-    return RetinaNet(arch['num_classes'], arch['arch'], arch.get('fpn_channels'), arch.get('group_norm', True),
-                     len(arch['anchor_scales']) * len(arch['anchor_ratios']))
+    """From a checkpoint's arch dict: {'name': 'retinanet', 'backbone', 'num_classes', 'fpn_channels', 'group_norm',
+    anchor settings ...} (checkpoints of earlier versions name the backbone 'arch')."""
+    return RetinaNet(arch['num_classes'], arch.get('backbone', arch.get('arch')), arch.get('fpn_channels'),
+                     arch.get('group_norm', True), len(arch['anchor_scales']) * len(arch['anchor_ratios']))
 
 
 def build_extractor(arch: dict) -> Extractor:
-    """A pretrain_extractor.py checkpoint's network: {'name': 'extractor', 'arch', 'num_classes'}."""
-    return Extractor(arch.get('arch', 'resnet50'), arch.get('num_classes'))
-
-
-def anchors_for(arch: dict, height: int, width: int, device=None) -> torch.Tensor:
-    """The (A,4) anchors (cx, cy, w, h in input pixels) of a RetinaNet checkpoint's arch for an input size."""
-    return retinanet_anchors(height, width, arch['anchor_sizes'], scales=arch['anchor_scales'],
-                             ratios=arch['anchor_ratios'], device=device)
-
-
-# ---------------------------------------------------------------------------------------------------- inference
-
-@torch.no_grad()
-def decode_retinanet(cls_logits, box_offsets, anchors, top_k: int = 1000):
-    """Raw outputs (B,A,K), (B,A,4) + (A,4) anchors -> the top_k (anchor, class) pairs of each image by score:
-    boxes (B,k,4) x1y1x2y2 input pixels, scores (B,k) sigmoid, labels (B,k) class index. Only those are decoded."""
-    batch, num_anchors, num_classes = cls_logits.shape
-    scores = cls_logits.float().sigmoid().reshape(batch, -1)
-    scores, index = scores.topk(min(top_k, scores.shape[1]), dim=1)
-    anchor, labels = index // num_classes, index % num_classes
-    offsets = box_offsets.float().gather(1, anchor[..., None].expand(-1, -1, 4))
-    return decode_boxes(offsets, anchors.float()[anchor], RETINANET_VARIANCES), scores, labels
-
-
-@torch.no_grad()
-def postprocess_retinanet(boxes, scores, labels, *, conf_thres: float = 0.05, nms_thres: float = 0.5,
-                          keep_top_k: int | None = 100, scales=None, image_sizes=None) -> list[dict]:
-    """Decoded candidates (B,k,...) -> per image {'boxes' (N,4), 'scores' (N,), 'labels' (N,)}, best first:
-    score > conf_thres, NMS per class and image (one torchvision batched_nms call for the batch), at most
-    keep_top_k per image. With `scales` (B,) boxes are divided by them (input pixels -> original pixels) and with
-    `image_sizes` [(h, w)] clipped to each image."""
-    batch = scores.shape[0]
-    num_classes = int(labels.max()) + 1 if labels.numel() else 1  # NMS groups: one per (image, class)
-    if scales is not None:
-        boxes = boxes / torch.as_tensor(scales, dtype=torch.float32, device=boxes.device)[:, None, None]
-    if image_sizes is not None:
-        limits = torch.as_tensor([(w, h, w, h) for h, w in image_sizes], dtype=torch.float32, device=boxes.device)
-        boxes = torch.minimum(boxes.clamp(min=0), limits[:, None, :])
-    image, rank = (scores > conf_thres).nonzero(as_tuple=True)
-    sel_boxes, sel_scores, sel_labels = boxes[image, rank], scores[image, rank], labels[image, rank]
-    keep = batched_nms(sel_boxes, sel_scores, image * num_classes + sel_labels, nms_thres)  # best first
-    keep = keep[torch.argsort(image[keep], stable=True)]                                 # grouped by image
-    counts = torch.bincount(image[keep], minlength=batch)
-    if keep_top_k is not None:
-        starts = counts.cumsum(0) - counts
-        rank_in_image = torch.arange(len(keep), device=keep.device) - starts[image[keep]]
-        keep = keep[rank_in_image < keep_top_k]
-        counts = counts.clamp(max=keep_top_k)
-    counts = counts.tolist()
-    return [{'boxes': b, 'scores': s, 'labels': c} for b, s, c in
-            zip(sel_boxes[keep].split(counts), sel_scores[keep].split(counts), sel_labels[keep].split(counts))]
+    """A pretrain_extractor.py checkpoint's network: {'name': 'extractor', 'backbone', 'num_classes'}."""
+    return Extractor(arch.get('backbone', arch.get('arch', 'resnet50')), arch.get('num_classes'))

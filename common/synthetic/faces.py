@@ -1,5 +1,5 @@
 """Drawing synthetic photos with faces whose five landmarks are known exactly: the pictures of the synthetic WIDER
-FACE set (common/synthetic.py writes them in the real formats).
+FACE set (common/synthetic/widerface.py writes them in the real formats).
 
 `make_face_image(rng)` gives one photo and its face records. Faces are drawn (head, hair, ears, eyes with iris,
 eyebrows, nose, lips) from 8 to 300 px tall, rotated, slightly turned (yaw), lit, blurred and partly occluded, with
@@ -437,7 +437,7 @@ def draw_person(image, rng, center, w, h, angle, is_face=True) -> dict | None:
     if not is_face:
         return None
     # drawing puts pixel centres at integers; labels use continuous coordinates (pixel i spans [i, i+1)) like
-    # common.transforms, hence the half pixel
+    # common.data.transforms, hence the half pixel
     return {'box': face_box(center, w, h, angle) + 0.5, 'landmarks': landmarks + 0.5, 'blur': blur,
             'illumination': int(light < 0.6), 'expression': int(style['mouth_open']),
             'pose': int(abs(angle) > 25 or abs(yaw) > 0.45), 'occlusion': 0}

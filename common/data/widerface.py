@@ -1,5 +1,5 @@
 """Face detection data on disk: the RetinaFace label.txt reader, the WIDER FACE dataset and its collate function
-(the official download's conversion to this layout: common/widerface_download.py).
+(the official download's conversion to this layout: common/data/prepare_widerface.py).
 
 On-disk layout (MindFace / Pytorch_Retinaface):
 
@@ -10,22 +10,21 @@ A face line is `x y w h` (boxes-only files) or `x y w h` + 5 x `lx ly flag` [+ s
 -1 mean "no landmarks". Annotations follow the project conventions: `boxes` float32 (N,4) x1,y1,x2,y2,
 `landmarks` float32 (N,5,2), `landmark_valid` bool (N,).
 
-Command line:
+Command line (counts of a label file, and the first malformed line if there is one):
 
-    python -m common.datasets check --labels data/widerface/train/label.txt
-    python -m common.datasets prepare-widerface --wider-root downloads/widerface --out data/widerface \\
-        --labels retinaface_labels/train/label.txt      # official download -> this layout (landmarks optional)
+    python -m common.data.widerface --labels data/widerface/train/label.txt
 """
 import argparse
 import itertools
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from .images import image_problem, scan_images
 
 FACE_LINE_SIZES = (4, 19, 20)  # x y w h | + 5 x (lx ly flag) | + score
 FACE_LINE_HELP = 'expected 4, 19 or 20 numbers (x y w h [5 x (lx ly flag)] [score])'
@@ -139,14 +138,6 @@ def parse_retinaface_labels(path) -> list[LabelRecord]:
     return records
 
 
-def _image_problem(path: Path) -> str | None:
-    """'missing', 'corrupt' or None; decodes at 1/8 size, which still fails on a broken file but costs little."""
-    if not path.is_file():
-        return 'missing'
-    image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    return 'corrupt' if image is None or image.size == 0 else None
-
-
 class WiderFaceDataset(torch.utils.data.Dataset):
     """WIDER FACE in the MindFace layout: `split_dir/label.txt` and `split_dir/images/<event>/<name>.jpg`.
 
@@ -169,8 +160,7 @@ class WiderFaceDataset(torch.utils.data.Dataset):
                                     '<split>/images/<event>/<name>.jpg)')
         records = parse_retinaface_labels(label_path)
         paths = [self.image_path(r.name) for r in records]
-        with ThreadPoolExecutor(max_workers=scan_threads) as pool:  # cv2 releases the GIL while decoding
-            problems = list(pool.map(_image_problem, paths))
+        problems = scan_images(paths, image_problem, scan_threads)
         self.records = [r for r, p in zip(records, problems) if p is None]
         self.skipped = {kind: [r.name for r, p in zip(records, problems) if p == kind]
                         for kind in ('missing', 'corrupt')}
@@ -211,28 +201,15 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         return image, target
 
 
-def detection_collate(batch):
-    """[(image HxWx3, target dict)] -> (uint8 tensor (B,3,H,W) BGR, list of target dicts with tensors).
-
-    Arrays in the targets become tensors (boxes float32, landmarks float32, landmark_valid bool); other values
-    (name, scale) pass through unchanged.
-    """
-    images, targets = zip(*batch)
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-        raise ValueError(f'detection_collate needs images of one size (use a transform that resizes); got {shapes}')
-    stacked = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).contiguous()
-    converted = [{k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-                  for k, v in t.items()} for t in targets]
-    return stacked, converted
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def _check(args) -> int:
-    records = parse_retinaface_labels(args.labels)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m common.data.widerface', description=__doc__.split('\n')[0])
+    parser.add_argument('--labels', required=True, help='path to a RetinaFace label.txt')
+    args = parser.parse_args(argv)
+    try:
+        records = parse_retinaface_labels(args.labels)
+    except (FileNotFoundError, LabelFormatError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     faces = sum(len(r.boxes) for r in records)
     with_landmarks = sum(int(r.landmark_valid.sum()) for r in records)
     without_faces = sum(1 for r in records if len(r.boxes) == 0)
@@ -240,47 +217,6 @@ def _check(args) -> int:
     print(f'{args.labels}: {len(records)} images, {faces} faces ({with_landmarks} with landmarks), '
           f'{without_faces} images without faces, {dropped} boxes dropped for zero or negative size')
     return 0
-
-
-def _prepare(args) -> int:
-    from .widerface_download import GT_FILES, prepare_widerface  # it reads label files with this module
-    report = prepare_widerface(args.wider_root, args.out, args.labels or (), 'copy' if args.copy else 'symlink')
-    for split in GT_FILES:
-        counts = report[split]
-        if counts is None:
-            print(f'{split}: no {Path(args.wider_root) / "wider_face_split" / GT_FILES[split]}, skipped')
-            continue
-        missing = counts['missing']
-        text = (f'{split}: {counts["images"]} images, {counts["faces"]} faces ({counts["with_landmarks"]} with '
-                f'landmarks), {counts["invalid_dropped"]} invalid faces dropped -> {Path(args.out) / split}')
-        if missing:
-            text += f'; {len(missing)} listed images missing: ' + ', '.join(missing[:5]) + (
-                ', ...' if len(missing) > 5 else '')
-        print(text)
-    copied = report['ground_truth']
-    print(f'ground truth: {", ".join(copied)} -> {Path(args.out) / "ground_truth"}' if copied else
-          f'ground truth: no wider_*_val.mat under {args.wider_root} (get the eval kit for WIDER evaluation)')
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m common.datasets', description=__doc__.split('\n')[0])
-    commands = parser.add_subparsers(dest='command', required=True)
-    check = commands.add_parser('check', help='parse a RetinaFace label.txt and print image/face counts')
-    check.add_argument('--labels', required=True, help='path to label.txt')
-    prepare = commands.add_parser('prepare-widerface', help='official WIDER FACE download -> MindFace layout')
-    prepare.add_argument('--wider-root', required=True,
-                         help='folder with WIDER_train/, WIDER_val/, wider_face_split/ (and the eval kit)')
-    prepare.add_argument('--out', required=True, help='output folder: {train,val}/label.txt + images, ground_truth/')
-    prepare.add_argument('--labels', action='append',
-                         help='RetinaFace label.txt with landmarks to take them from (repeatable)')
-    prepare.add_argument('--copy', action='store_true', help='copy the images instead of symlinking them')
-    args = parser.parse_args(argv)
-    try:
-        return {'check': _check, 'prepare-widerface': _prepare}[args.command](args)
-    except (FileNotFoundError, LabelFormatError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
 
 
 if __name__ == '__main__':

@@ -1,20 +1,23 @@
-"""A face detector ready for inference: network + its decoder + batched NMS, raw BGR images in, detections in
-original-image pixels out. detect.py, the benchmarks and the WIDER FACE evaluation of every training script use it,
-so they all see exactly the same pre- and post-processing. The network is one of ours in PyTorch, or one of our
-exported .onnx files run by onnxruntime (common/onnx_model.py), which takes and gives the same tensors.
+"""Detectors ready for inference: network + its decoder + batched NMS, raw BGR images in, detections in each
+image's own pixels out. FaceDetector runs RetinaFace and CenterFace (each image at its own size, landmarks);
+ObjectDetector runs RetinaNet (each image padded to a square and resized to its training input, class labels).
+detect.py, the benchmarks and the evaluations of the training scripts use them, so they all see exactly the same
+pre- and post-processing. The network is one of ours in PyTorch, or one of our exported .onnx files run by
+onnxruntime (common/inference/onnx_model.py), which takes and gives the same tensors.
 """
 import math
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint
-from .models import build_model, fuse_for_inference, input_convention
-from .models.retinaface import NETWORKS as RETINAFACE_NETWORKS
-from .postprocess import postprocess, to_image_pixels
+from ..anchors import anchors_for, decode_retinanet, decode_retinaface, retinaface_priors
+from ..checkpoint import CheckpointError
+from ..data.voc import letterbox
+from ..heatmaps import decode_centerface, start_inside_image
+from ..models import fuse_for_inference, input_convention
+from .nms import postprocess, postprocess_objects, to_image_pixels
 
 
 def resize_scale(height: int, width: int, *, max_size: int | None = None, test_size: int | None = None) -> float:
@@ -48,40 +51,14 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def load_detector_model(weights, network: str | None = None, device='cpu') -> tuple[torch.nn.Module, dict]:
-    """Our checkpoint (the network is rebuilt from its `arch`), a foreign RetinaFace state dict (Pytorch_Retinaface
-    layout, with or without `module.`), for which `network` says which backbone it has, or one of our exported .onnx
-    files (an OnnxModel: onnxruntime on the CPU, or its CUDA provider for a CUDA device when installed)."""
-    if Path(weights).suffix.lower() == '.onnx':
-        from .onnx_model import OnnxModel
-        model = OnnxModel(weights, device)
-        return model, model.arch
-    state = load_checkpoint(weights)
-    if isinstance(state, dict) and isinstance(state.get('arch'), dict):
-        arch = state['arch']
-    elif network:
-        if network not in RETINAFACE_NETWORKS:
-            raise CheckpointError(f'unknown RetinaFace network {network!r} (use {" or ".join(RETINAFACE_NETWORKS)})')
-        arch = {'name': 'retinaface', 'network': network}
-    else:
-        raise CheckpointError(f'{weights}: no "arch" inside (not one of our checkpoints); for a Pytorch_Retinaface '
-                              f'state dict say which backbone with --network {"|".join(RETINAFACE_NETWORKS)}')
-    model = build_model(arch)
-    weights_dict = extract_state_dict(state)
-    missing, unexpected = model.load_state_dict(weights_dict, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f'{weights}: does not fit {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), '
-                              f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})')
-    return model.to(device).eval(), arch
-
-
 class FaceDetector:
-    """`detector(list of BGR uint8 images) -> list of {'boxes' (N,4) xyxy, 'scores' (N,), 'landmarks' (N,5,2)}` in
-    each image's own pixels; `detector.times` holds the last call's stage times in ms. Images of different sizes
-    are padded (with the colour the network maps to zero, `input_convention`) to one batch, so a folder runs in
-    batches; an image alone keeps its own size, as the reference runs it (the released CenterFace: stretched to sides
-    that are multiples of 32, as its authors run it). `pre_nms_top_k` / `keep_top_k` of None (or 0): no cap (the
-    reference's WIDER FACE evaluation); the defaults are its demo's caps."""
+    """RetinaFace and CenterFace: `detector(list of BGR uint8 images) -> list of {'boxes' (N,4) xyxy, 'scores' (N,),
+    'landmarks' (N,5,2)}` in each image's own pixels; `detector.times` holds the last call's stage times in ms; its
+    `kind` is 'faces'. Images of different sizes are padded (with the colour the network maps to zero,
+    `input_convention`) to one batch, so a folder runs in batches; an image alone keeps its own size, as the reference
+    runs it (the released CenterFace: stretched to sides that are multiples of 32, as its authors run it).
+    `pre_nms_top_k` / `keep_top_k` of None (or 0): no cap (the reference's WIDER FACE evaluation); the defaults are its
+    demo's caps."""
 
     def __init__(self, model, arch: dict, device, *, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000,
                  keep_top_k=750, max_size=None, test_size=None, pad_multiple=1, fuse=True, channels_last=None):
@@ -91,6 +68,7 @@ class FaceDetector:
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
         self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k or None, keep_top_k or None  # 0 or None: no cap
         self.max_size, self.test_size, self.pad_multiple = max_size, test_size, pad_multiple
+        self.kind = 'faces'
         self.decode = decoder_for(arch)
         self.border_rule = border_rule_for(arch)
         self.times = {}
@@ -153,8 +131,6 @@ def decoder_for(arch: dict):
     """`decode(outputs, input_hw, top_k) -> boxes (B,K,4), scores (B,K), landmarks (B,K,5,2)` in input pixels for
     the network `arch` names: at most the top_k best candidates of each image (None: all)."""
     if arch['name'] == 'retinaface':
-        from .anchors import retinaface_priors
-        from .postprocess import decode_retinaface
         cache = {}
 
         def decode(outputs, input_hw, top_k=None):
@@ -164,7 +140,6 @@ def decoder_for(arch: dict):
             return decode_retinaface(*outputs, cache[key], input_hw, top_k)
         return decode
     if arch['name'] == 'centerface':
-        from .heatmaps import decode_centerface
         peaks_only = arch.get('variant') != 'released'  # the released decoder takes every cell above the threshold
         return lambda outputs, input_hw, top_k=None: decode_centerface(outputs, input_hw, top_k=top_k,
                                                                        peaks_only=peaks_only)
@@ -175,16 +150,44 @@ def border_rule_for(arch: dict):
     """`rule(boxes, landmarks, image_hw) -> boxes, landmarks` applied in image pixels before NMS, or None (boxes
     as decoded): the released CenterFace's decoder moves boxes that cross the left / top edge inside."""
     if arch['name'] == 'centerface' and arch.get('variant') == 'released':
-        from .heatmaps import start_inside_image
         return start_inside_image
     return None
 
 
-def describe_arch(arch: dict) -> str:
-    """A network in a few words: 'retinaface mobile0.25', 'centerface released', 'retinanet resnet18 (20 classes)'."""
-    words = ' '.join(str(v) for k, v in arch.items() if k in ('name', 'network', 'arch', 'width_mult', 'variant'))
-    return words + (f' ({len(arch["classes"])} classes)' if 'classes' in arch else '')
+class ObjectDetector:
+    """RetinaNet: `detector(list of BGR uint8 images) -> list of {'boxes' (N,4) x1y1x2y2, 'scores' (N,), 'labels'
+    (N,)}`, best first, in each image's own pixels; `detector.classes` names the labels; `detector.times` holds the last
+    call's stage times in ms; its `kind` is 'objects'. Each image is padded to a square and resized to `size` (default:
+    the checkpoint's training size), so any batch stacks without further padding. Caps of None: the RetinaNet defaults
+    (1000 candidates per image before NMS, 100 objects after)."""
 
+    def __init__(self, model, arch: dict, device, *, conf_thres=0.05, nms_thres=0.5, pre_nms_top_k=1000,
+                 keep_top_k=100, size=None, fuse=True):
+        self.model, self.device = ready_for_inference(model, device, fuse=fuse)
+        self.arch, self.classes, self.kind = arch, list(arch['classes']), 'objects'
+        self.size = int(size or arch['size'])
+        self.anchors = anchors_for(arch, self.size, self.size, device=self.device)
+        self.conf_thres, self.nms_thres = conf_thres, nms_thres
+        self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k or 1000, keep_top_k or None
+        self.times = {}
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in {'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff'}
+    @torch.inference_mode()
+    def __call__(self, images: list[np.ndarray]) -> list[dict]:
+        start = time.perf_counter()
+        inputs, scales = zip(*(letterbox(image, self.size) for image in images))
+        batch = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+        synchronize(self.device)
+        prepared = time.perf_counter()
+        cls_logits, box_offsets = self.model(batch)
+        synchronize(self.device)
+        forwarded = time.perf_counter()
+        candidates = decode_retinanet(cls_logits.to(self.device), box_offsets.to(self.device), self.anchors,
+                                      self.pre_nms_top_k)
+        found = postprocess_objects(*candidates, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
+                                    keep_top_k=self.keep_top_k, scales=scales,
+                                    image_sizes=[image.shape[:2] for image in images])
+        results = [{k: v.cpu().numpy() for k, v in f.items()} for f in found]
+        done = time.perf_counter()
+        self.times = {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
+                      'postprocess': (done - forwarded) * 1000}
+        return results

@@ -24,18 +24,17 @@ Layout (`make_identities`):
                                             all positives then all negatives, as its lfw_test_pair.txt
 
 `colour_histogram_embeddings(root)` is the colour-only baseline the set is checked against (see
-tests/test_synthetic_identities.py and `python -m common.synthetic_identities colour-baseline --data OUT`);
-`python -m common.synthetic_identities contact-sheet --data OUT --out sheet.png` shows a few people.
+tests/test_synthetic_identities.py and `python -m common.synthetic colour-baseline --data OUT`);
+`python -m common.synthetic contact-sheet --data OUT --out sheet.png` shows a few people.
 """
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .face_drawing import FaceCanvas, composite, draw_background, draw_torso, ellipse_points, finish_photo, hair_cap
+from .faces import FaceCanvas, composite, draw_background, draw_torso, ellipse_points, finish_photo, hair_cap
 
 SIDE = 128                 # crop size in pixels (the tutorial's lfw-align-128 crops)
 JPEG_QUALITY = 92
@@ -425,10 +424,11 @@ def colour_histogram_embeddings(root, bins: int = 8, face_only: bool = True) -> 
 
 
 def contact_sheet(data, out, people: int = 8, pictures: int = 6):
-    """A PNG grid: one training identity per row, its first pictures along the row."""
-    names = sorted(p.name for p in (Path(data) / 'train').iterdir() if p.is_dir())[:people]
-    rows = [np.hstack([cv2.imread(str(Path(data) / 'train' / image_path(name, n))) for n in range(1, pictures + 1)])
-            for name in names]
+    """A PNG grid: one training identity per row, its first pictures along the row (as many as every row has)."""
+    folders = sorted(p for p in (Path(data) / 'train').iterdir() if p.is_dir())[:people]
+    pictures = min([pictures] + [len(list(folder.glob('*.jpg'))) for folder in folders])
+    rows = [np.hstack([cv2.imread(str(folder.parent / image_path(folder.name, n))) for n in range(1, pictures + 1)])
+            for folder in folders]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -437,38 +437,14 @@ def contact_sheet(data, out, people: int = 8, pictures: int = 6):
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m common.synthetic_identities',
-                                     description='checks of a synthetic identities set')
-    commands = parser.add_subparsers(dest='command', required=True)
-    baseline = commands.add_parser('colour-baseline', help='LFW 10-fold accuracy of colour histograms on test/')
-    baseline.add_argument('--data', required=True, help='folder written by `python -m common.synthetic identities`')
-    baseline.add_argument('--pairs', default='pairs.txt', help='pair list inside --data')
-    sheet = commands.add_parser('contact-sheet', help='PNG grid of training identities (a row each)')
-    sheet.add_argument('--data', required=True, help='folder written by `python -m common.synthetic identities`')
-    sheet.add_argument('--out', required=True, help='PNG path, e.g. docs/synthetic_identities.png')
-    args = parser.parse_args(argv)
-    data = Path(args.data)
-    if args.command == 'contact-sheet':
-        if not (data / 'train').is_dir():
-            print(f'error: --data {data}: no train/ folder there', file=sys.stderr)
-            return 2
-        print(f'wrote {contact_sheet(data, args.out)}')
-        return 0
-    from .evaluation.lfw import PairsFormatError, evaluate_embeddings, format_report, read_pairs
-    if not (data / 'test').is_dir() or not (data / args.pairs).is_file():
-        print(f'error: --data {data}: expected test/ and {args.pairs} there', file=sys.stderr)
-        return 2
-    try:
-        pairs = read_pairs(data / args.pairs)
-    except PairsFormatError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    for face_only, what in ((True, 'face region'), (False, 'whole picture')):
-        report = evaluate_embeddings(pairs, colour_histogram_embeddings(data / 'test', face_only=face_only))
-        print(f'colour histograms of the {what}: {format_report(report)}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+def colour_baseline(data, pairs_file: str = 'pairs.txt') -> list[str]:
+    """The LFW 10-fold report of colour histograms (of the face region, then of the whole picture) on data/test:
+    what verification reaches when only colour is looked at. Raises FileNotFoundError or PairsFormatError."""
+    from ..evaluation.lfw import evaluate_embeddings, format_report, read_pairs
+    data = Path(data)
+    if not (data / 'test').is_dir() or not (data / pairs_file).is_file():
+        raise FileNotFoundError(f'{data}: expected test/ and {pairs_file} there')
+    pairs = read_pairs(data / pairs_file)
+    return [f'colour histograms of the {what}: '
+            f'{format_report(evaluate_embeddings(pairs, colour_histogram_embeddings(data / "test", face_only=face)))}'
+            for face, what in ((True, 'face region'), (False, 'whole picture'))]

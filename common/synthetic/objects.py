@@ -1,5 +1,5 @@
-"""Drawing synthetic photos of objects with exact boxes: the pictures of the synthetic Pascal VOC and ImageFolder
-sets (common/synthetic.py writes them in the real formats).
+"""Drawing synthetic photos of objects with exact boxes, and writing them as the synthetic Pascal VOC and ImageFolder
+sets (make_voc, make_imagefolder).
 
 Six real VOC class names, each drawn as a distinct silhouette with its own texture, so a detector has to learn shape
 and pattern, not colour (every colour is drawn at random per object):
@@ -340,7 +340,7 @@ def make_voc(out, num_images: int = 300, seed: int = 0):
     scenes split as VOC2007 is split into trainval (2 of every 3 images) and test (every third), plus the devkit's
     train / val halves of trainval and the per-class <class>_<split>.txt lists (1 present, 0 only difficult,
     -1 absent)."""
-    from .voc import write_annotation
+    from ..data.voc import write_annotation
     root = Path(out) / 'VOCdevkit' / 'VOC2007'
     for folder in ('JPEGImages', 'Annotations', 'ImageSets/Main'):
         (root / folder).mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,12 @@ import cv2
 import numpy as np
 import torch
 
+from .images import image_problem, scan_images
 from .transforms import horizontal_flip, pad_to_square, photometric_distort, random_square_crop, resize_square
 from .transforms import scale_target, select_faces
 
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
                'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
-BGR_MEAN = (104, 117, 123)  # padding colour: about ImageNet's mean, which the network maps to zero
 
 
 class AnnotationError(ValueError):
@@ -165,7 +165,7 @@ class VOCDataset(torch.utils.data.Dataset):
             if unknown:
                 raise AnnotationError(f'{year_dir / "Annotations" / f"{image_id}.xml"}: object class {unknown[0]!r} '
                                       f'is not one of the {len(self.classes)} classes {", ".join(self.classes)}')
-        problems = _scan_images([d / 'JPEGImages' / f'{i}.jpg' for d, i in entries])
+        problems = scan_images([d / 'JPEGImages' / f'{i}.jpg' for d, i in entries], image_problem)
         self.samples = [(d / 'JPEGImages' / f'{i}.jpg', a, np.array([index[n] for n in a.names], np.int64))
                         for (d, i), a, p in zip(entries, annotations, problems) if p is None]
         self.skipped = [(str(d / 'JPEGImages' / f'{i}.jpg'), p) for (d, i), p in zip(entries, problems) if p]
@@ -205,17 +205,6 @@ class VOCDataset(torch.utils.data.Dataset):
         return image, target
 
 
-def _scan_images(paths, threads: int = 8) -> list:
-    """'missing', 'corrupt' or None per path; decodes at 1/8 size, which still fails on a broken file."""
-    def problem(path):
-        if not path.is_file():
-            return 'missing'
-        image = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-        return 'corrupt' if image is None or image.size == 0 else None
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(problem, paths))
-
-
 # ---------------------------------------------------------------------------------------------------- transforms
 
 # crop side as a fraction of the padded (square) image: 1.0 is the whole image as the test sees it, smaller crops
@@ -235,7 +224,7 @@ class VOCTrainTransform:
     def __call__(self, image, target, rng):
         if self.distort:
             image = photometric_distort(image, rng)
-        image = pad_to_square(image, BGR_MEAN)
+        image = pad_to_square(image)
         image, target, _ = random_square_crop(image, target, rng, self.crop_scales)
         if self.flip and rng.random() < 0.5:
             image, target = horizontal_flip(image, target)
@@ -263,4 +252,4 @@ def letterbox(image, size: int) -> tuple[np.ndarray, float]:
     """The test input of RetinaNet: the image padded to a square of its long side (right and bottom, the mean
     colour) and resized to size x size; returns it and the scale (input pixels per original pixel)."""
     scale = size / max(image.shape[:2])
-    return cv2.resize(pad_to_square(image, BGR_MEAN), (size, size), interpolation=cv2.INTER_LINEAR), scale
+    return cv2.resize(pad_to_square(image), (size, size), interpolation=cv2.INTER_LINEAR), scale

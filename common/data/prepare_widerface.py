@@ -3,15 +3,20 @@
 The download has WIDER_{train,val}/images/<event>/<name>.jpg and wider_face_split/wider_face_{train,val}_bbx_gt.txt
 (boxes with attribute flags, no landmarks); the evaluation kit has ground_truth/wider_{face,easy,medium,hard}_val.mat.
 `prepare_widerface` writes {train,val}/label.txt + images (symlinks or copies) and ground_truth/, taking
-landmarks from RetinaFace label files where given. Its command line is `python -m common.datasets
-prepare-widerface`.
+landmarks from RetinaFace label files where given:
+
+    python -m common.data.prepare_widerface --wider-root downloads/widerface --out data/widerface \\
+        --labels retinaface_labels/train/label.txt      # landmarks optional; repeat --labels for more files
 """
+import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from .datasets import LabelFormatError, LabelRecord, parse_retinaface_labels
+from .images import is_image_file
+from .widerface import LabelFormatError, LabelRecord, parse_retinaface_labels
 
 
 GT_FILES = {'train': 'wider_face_train_bbx_gt.txt', 'val': 'wider_face_val_bbx_gt.txt'}
@@ -32,7 +37,7 @@ def parse_wider_bbx_gt(path) -> list[tuple[str, np.ndarray]]:
         if not name:
             i += 1
             continue
-        if not name.lower().endswith(('.jpg', '.jpeg', '.png')):
+        if not is_image_file(name):
             raise LabelFormatError(f'{path}:{i + 1}: expected an image name like 0--Parade/0_Parade_1.jpg, '
                                    f'got {name[:60]!r}')
         if i + 1 >= len(lines) or not lines[i + 1].strip().isdigit():
@@ -146,3 +151,40 @@ def _copy_eval_mats(root: Path, destination: Path) -> list[str]:
             shutil.copy2(path, destination / path.name)
             copied.append(path.name)
     return copied
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m common.data.prepare_widerface',
+                                     description=__doc__.split('\n')[0])
+    parser.add_argument('--wider-root', required=True,
+                        help='folder with WIDER_train/, WIDER_val/, wider_face_split/ (and the eval kit)')
+    parser.add_argument('--out', required=True, help='output folder: {train,val}/label.txt + images, ground_truth/')
+    parser.add_argument('--labels', action='append',
+                        help='RetinaFace label.txt with landmarks to take them from (repeatable)')
+    parser.add_argument('--copy', action='store_true', help='copy the images instead of symlinking them')
+    args = parser.parse_args(argv)
+    try:
+        report = prepare_widerface(args.wider_root, args.out, args.labels or (), 'copy' if args.copy else 'symlink')
+    except (FileNotFoundError, LabelFormatError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    for split in GT_FILES:
+        counts = report[split]
+        if counts is None:
+            print(f'{split}: no {Path(args.wider_root) / "wider_face_split" / GT_FILES[split]}, skipped')
+            continue
+        missing = counts['missing']
+        text = (f'{split}: {counts["images"]} images, {counts["faces"]} faces ({counts["with_landmarks"]} with '
+                f'landmarks), {counts["invalid_dropped"]} invalid faces dropped -> {Path(args.out) / split}')
+        if missing:
+            text += f'; {len(missing)} listed images missing: ' + ', '.join(missing[:5]) + (
+                ', ...' if len(missing) > 5 else '')
+        print(text)
+    copied = report['ground_truth']
+    print(f'ground truth: {", ".join(copied)} -> {Path(args.out) / "ground_truth"}' if copied else
+          f'ground truth: no wider_*_val.mat under {args.wider_root} (get the eval kit for WIDER evaluation)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

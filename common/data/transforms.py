@@ -11,8 +11,9 @@ image BGR uint8 HxWx3 and target {'boxes' (N,4) float32 x1y1x2y2, 'landmarks' (N
 import cv2
 import numpy as np
 
+from ..models.backbones import BGR_MEAN  # padding colour: zero after the detector subtracts its mean
+
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)  # crop side as a fraction of the image's short side
-BGR_MEAN = (104, 117, 123)                # padding colour: zero after the detector subtracts its mean
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
 FLIP_ORDER = [1, 0, 2, 4, 3]              # left eye <-> right eye, left mouth corner <-> right mouth corner
 FACE_KEYS = ('boxes', 'landmarks', 'landmark_valid')

@@ -1,5 +1,5 @@
 """Our detectors as .onnx files: what export.py records in a file's metadata, and `OnnxModel`, which runs such a file
-with onnxruntime behind the interface of our PyTorch networks, so common.detector.FaceDetector (and with it
+with onnxruntime behind the interface of our PyTorch networks, so common.inference.detectors.FaceDetector (and with it
 detect.py, the benchmarks and the WIDER FACE evaluation) runs it through the same pre- and post-processing.
 
 A file's graph takes `images` (B,3,H,W) float32 BGR 0..255 (B, H and W dynamic; the normalisation is inside) and
@@ -19,8 +19,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
-from .models import input_convention
+from ..anchors import RETINAFACE_MIN_SIZES, RETINAFACE_STEPS, RETINANET_STRIDES, RETINANET_VARIANCES, VARIANCES
+from ..checkpoint import CheckpointError
+from ..models import input_convention
 
 
 class ExportRecord(NamedTuple):
@@ -38,7 +39,6 @@ def _detector_pixels(arch: dict) -> dict:
 
 
 def _retinaface_decoding(arch: dict) -> dict:
-    from .anchors import RETINAFACE_MIN_SIZES, RETINAFACE_STEPS, VARIANCES
     return {'priors': {'min_sizes': [list(s) for s in RETINAFACE_MIN_SIZES], 'steps': list(RETINAFACE_STEPS),
                        'variances': list(VARIANCES), 'feature_map': 'ceil(H / step) x ceil(W / step)',
                        'order': 'level, row, column, min size', 'clip': False},
@@ -47,7 +47,6 @@ def _retinaface_decoding(arch: dict) -> dict:
 
 
 def _retinanet_decoding(arch: dict) -> dict:
-    from .anchors import RETINANET_STRIDES, RETINANET_VARIANCES
     return {'anchors': {key: list(arch[key]) for key in ('anchor_sizes', 'anchor_scales', 'anchor_ratios')}
             | {'strides': list(RETINANET_STRIDES), 'variances': list(RETINANET_VARIANCES),
                'feature_map': 'ceil(H / stride) x ceil(W / stride)', 'order': 'level, row, column, scale, ratio'},

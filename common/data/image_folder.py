@@ -7,25 +7,13 @@ The classes, the sample list and `dataset[i] -> (transformed image, class index)
 (PIL, RGB); only the scan is added. Recognition (train_recognition.py) and backbone pretraining
 (pretrain_extractor.py) read their data through it.
 """
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.datasets import ImageFolder
 
-
-def image_problem(path) -> str | None:
-    """None when PIL decodes the file, else why not. JPEGs decode at 1/8 scale (PIL's draft mode): fast, and a
-    truncated file still fails, as it would when training reads it."""
-    try:
-        with Image.open(path) as image:
-            image.draft('RGB', (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-        return None
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+from .images import pil_image_problem, scan_images
 
 
 class ImageFolderDataset(ImageFolder):
@@ -41,8 +29,7 @@ class ImageFolderDataset(ImageFolder):
         except FileNotFoundError:
             raise FileNotFoundError(f'{root}: no class folders with images in it (expected {root}/<class>/<image>.jpg)'
                                     ) from None
-        with ThreadPoolExecutor(max_workers=scan_threads) as pool:  # PIL releases the GIL while decoding
-            problems = list(pool.map(image_problem, [path for path, _ in self.samples]))
+        problems = scan_images([path for path, _ in self.samples], pil_image_problem, scan_threads)
         self.skipped = [(path, why) for (path, _), why in zip(self.samples, problems) if why]
         self.samples = [sample for sample, why in zip(self.samples, problems) if not why]
         self.imgs, self.targets = self.samples, [label for _, label in self.samples]

@@ -1,35 +1,14 @@
-"""Detector outputs -> detections: batched decode, score filter, top-k and NMS for the whole batch at once.
+"""Decoded candidates -> detections: score filter, top-k and NMS for the whole batch at once.
 
-`decode_retinaface` turns RetinaFace's raw outputs into boxes (B,P,4) x1y1x2y2 and landmarks (B,P,5,2) in pixels of
-the network input plus face scores (B,P); `postprocess` is shared by every face detector and returns one dict of
-tensors per image; `to_image_pixels` maps decoded outputs back to the original image before NMS when it was resized.
+The decoders (common/anchors.py, common/heatmaps.py) give every image's candidates as boxes (B,K,4) x1y1x2y2 in
+pixels of the network input with scores (B,K) (and landmarks (B,K,5,2) for faces). `postprocess` is shared by every
+face detector and returns one dict of tensors per image; `to_image_pixels` maps face candidates back to the original
+image before NMS when it was resized; `postprocess_objects` is RetinaNet's: NMS per class.
 The reference's test-time settings: score > 0.02, NMS IoU 0.4; its demo also caps 5000 candidates before NMS and
 750 faces after, its WIDER FACE evaluation neither.
 """
 import torch
 from torchvision.ops import batched_nms
-
-from .anchors import decode_boxes, decode_landmarks
-
-
-def decode_retinaface(loc, conf_logits, landm, priors, input_hw, top_k: int | None = None):
-    """Raw (B,P,4), (B,P,2), (B,P,10) outputs + (P,4) priors of an input of size (H, W) -> boxes (B,K,4) x1y1x2y2
-    pixels, scores (B,K) (softmax, class 1 = face), landmarks (B,K,5,2) pixels. With `top_k` only the K = top_k
-    best-scoring priors of each image are decoded (what postprocess keeps before NMS anyway), else all P."""
-    height, width = int(input_hw[0]), int(input_hw[1])
-    logits = conf_logits.float()
-    scores = torch.sigmoid(logits[..., 1] - logits[..., 0])  # = softmax(logits)[..., 1], without the exp of both
-    priors = priors.float().expand(scores.shape[0], -1, -1)
-    if top_k is not None and top_k < scores.shape[1]:
-        scores, index = scores.topk(top_k, dim=1)             # best first, like postprocess's own ordering
-
-        def take(t):
-            return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
-        loc, landm, priors = take(loc), take(landm), take(priors)
-    scale = torch.tensor([width, height], dtype=torch.float32, device=loc.device)
-    boxes = decode_boxes(loc.float(), priors) * scale.repeat(2)
-    landmarks = decode_landmarks(landm.float(), priors) * scale
-    return boxes, scores, landmarks
 
 
 def postprocess(boxes, scores, landmarks=None, conf_thres=0.02, nms_thres=0.4, pre_nms_top_k=5000, keep_top_k=750,
@@ -81,3 +60,31 @@ def to_image_pixels(boxes, landmarks, scales):
     scales = torch.as_tensor(scales, dtype=torch.float32, device=boxes.device)
     xy = scales[:, None].expand(-1, 2) if scales.dim() == 1 else scales  # (B,2): x and y factors
     return boxes.float() / xy.repeat(1, 2)[:, None, :], landmarks.float() / xy[:, None, None, :]
+
+
+def postprocess_objects(boxes, scores, labels, *, conf_thres: float = 0.05, nms_thres: float = 0.5,
+                        keep_top_k: int | None = 100, scales=None, image_sizes=None) -> list[dict]:
+    """Decoded candidates (B,k,...) -> per image {'boxes' (N,4), 'scores' (N,), 'labels' (N,)}, best first:
+    score > conf_thres, NMS per class and image (one torchvision batched_nms call for the batch), at most
+    keep_top_k per image. With `scales` (B,) boxes are divided by them (input pixels -> original pixels) and with
+    `image_sizes` [(h, w)] clipped to each image."""
+    batch = scores.shape[0]
+    num_classes = int(labels.max()) + 1 if labels.numel() else 1  # NMS groups: one per (image, class)
+    if scales is not None:
+        boxes = boxes / torch.as_tensor(scales, dtype=torch.float32, device=boxes.device)[:, None, None]
+    if image_sizes is not None:
+        limits = torch.as_tensor([(w, h, w, h) for h, w in image_sizes], dtype=torch.float32, device=boxes.device)
+        boxes = torch.minimum(boxes.clamp(min=0), limits[:, None, :])
+    image, rank = (scores > conf_thres).nonzero(as_tuple=True)
+    sel_boxes, sel_scores, sel_labels = boxes[image, rank], scores[image, rank], labels[image, rank]
+    keep = batched_nms(sel_boxes, sel_scores, image * num_classes + sel_labels, nms_thres)  # best first
+    keep = keep[torch.argsort(image[keep], stable=True)]                                 # grouped by image
+    counts = torch.bincount(image[keep], minlength=batch)
+    if keep_top_k is not None:
+        starts = counts.cumsum(0) - counts
+        rank_in_image = torch.arange(len(keep), device=keep.device) - starts[image[keep]]
+        keep = keep[rank_in_image < keep_top_k]
+        counts = counts.clamp(max=keep_top_k)
+    counts = counts.tolist()
+    return [{'boxes': b, 'scores': s, 'labels': c} for b, s, c in
+            zip(sel_boxes[keep].split(counts), sel_scores[keep].split(counts), sel_labels[keep].split(counts))]

@@ -1,32 +1,20 @@
-"""Tiny synthetic datasets written in the real on-disk formats, so every pipeline runs and tests without downloads.
-
-    python -m common.synthetic widerface --out data/synthetic_widerface --num-images 600 --seed 0
-    python -m common.synthetic contact-sheet --data data/synthetic_widerface --out docs/synthetic_widerface.png
-    python -m common.synthetic identities --out data/identities --seed 0    (people: common/synthetic_identities.py)
-    python -m common.synthetic voc --out data/synthetic_voc --num-images 300 --seed 0   (objects: object_drawing.py)
-    python -m common.synthetic imagefolder --out data/synthetic_objects --seed 0        (one object per image)
-
-Each kind is one function `make_<kind>(out, num_images, seed)` listed in KINDS; the same seed writes the same bytes.
-
-widerface: photos drawn by common/face_drawing.py (faces from 8 to 300 px tall with their five landmarks, among
-face-like distractors on cluttered backgrounds), written in the MindFace layout:
+"""Synthetic WIDER FACE: photos drawn by common/synthetic/faces.py (faces from 8 to 300 px tall with their five
+landmarks, among face-like distractors on cluttered backgrounds), written in the MindFace layout with the official
+evaluation's ground truth, and a contact sheet that shows them.
 
     OUT/{train,val}/label.txt               RetinaFace format: '# event/name.jpg', then per face
                                             'x y w h  lx ly 0.0 (x5)  score' (landmarks -1 for ~10% of faces)
     OUT/{train,val}/images/<event>/<name>.jpg
     OUT/ground_truth/wider_{face,easy,medium,hard}_val.mat   the official evaluation structure for val
 """
-import argparse
 import io
 import math
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from . import object_drawing, synthetic_identities
-from .face_drawing import make_face_image
+from .faces import make_face_image
 
 JPEG_QUALITY = 90
 LANDMARK_MISSING_RATE = 0.10
@@ -158,7 +146,7 @@ def make_widerface(out, num_images: int = 600, seed: int = 0) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# contact sheet (docs/synthetic_widerface.png) and the command line
+# contact sheet (docs/synthetic_widerface.png)
 
 
 def _fit(image, size) -> np.ndarray:
@@ -177,8 +165,8 @@ def contact_sheet(data, out, columns: int = 3, rows: int = 2, tile: int = 320, c
     large (enlarged), to see what the faces look like. Saved with a 256-colour palette to stay small."""
     from PIL import Image
 
-    from .datasets import parse_retinaface_labels
-    from .visualize import draw_detections
+    from ..data.widerface import parse_retinaface_labels
+    from ..visualize import draw_detections
 
     split = Path(data) / 'train'
     records = [r for r in parse_retinaface_labels(split / 'label.txt') if len(r.boxes)]
@@ -219,49 +207,3 @@ def contact_sheet(data, out, columns: int = 3, rows: int = 2, tile: int = 320, c
     palette = rgb.quantize(256, method=Image.Quantize.MEDIANCUT)
     rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
     return out
-
-
-# kind name -> make_<kind>(out, num_images, seed); the other kinds add their writer here
-KINDS = {
-    'widerface': make_widerface,
-    'identities': synthetic_identities.make_identities,  # face recognition: common/synthetic_identities.py
-    'voc': object_drawing.make_voc,                      # objects, Pascal VOC layout: common/object_drawing.py
-    'imagefolder': object_drawing.make_imagefolder,      # one object per image, for pretrain_extractor.py
-}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m common.synthetic', description=__doc__.split('\n')[0])
-    commands = parser.add_subparsers(dest='command', required=True)
-    for kind, make in KINDS.items():
-        sub = commands.add_parser(kind, help=(make.__doc__ or '').split('\n')[0])
-        sub.add_argument('--out', required=True, help='output folder')
-        if kind == 'identities':  # sized in people and pictures per person
-            synthetic_identities.add_flags(sub)
-        else:
-            sub.add_argument('--num-images', type=int, default=600, help='number of (train) images')
-        sub.add_argument('--seed', type=int, default=0, help='same seed, same bytes')
-    sheet = commands.add_parser('contact-sheet', help='PNG grid of a synthetic WIDER FACE folder with its labels')
-    sheet.add_argument('--data', required=True, help='folder written by the widerface kind')
-    sheet.add_argument('--out', required=True, help='PNG path, e.g. docs/synthetic_widerface.png')
-    args = parser.parse_args(argv)
-    if args.command == 'contact-sheet':
-        if not (Path(args.data) / 'train' / 'label.txt').is_file():
-            print(f'error: --data {args.data}: no train/label.txt there (write one with the widerface kind)',
-                  file=sys.stderr)
-            return 2
-        print(f'wrote {contact_sheet(args.data, args.out)}')
-        return 0
-    if args.command == 'identities':
-        out = synthetic_identities.make_identities(args.out, seed=args.seed, **synthetic_identities.sizes_from(args))
-        print(f'wrote {out}')
-        return 0
-    if args.num_images < 1:
-        print(f'error: --num-images must be at least 1, got {args.num_images}', file=sys.stderr)
-        return 2
-    print(f'wrote {KINDS[args.command](args.out, args.num_images, args.seed)}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
