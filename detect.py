@@ -152,8 +152,9 @@ class Outputs:
     """Where results go under --out: a drawn copy per image (or one annotated video) and, with --save-txt, a txt
     file per image: the WIDER FACE layout with landmarks for faces, `class score x1 y1 x2 y2` lines for objects."""
 
-    def __init__(self, out: Path, source: Source, classes, save_images: bool, save_txt: bool):
-        self.out, self.source, self.classes = out, source, classes
+    def __init__(self, out: Path, source: Source, detector, save_images: bool, save_txt: bool):
+        self.out, self.source = out, source
+        self.classes = detector.classes if detector.kind == 'objects' else None  # names drawn beside the boxes
         self.save_images, self.save_txt, self.video = save_images, save_txt, None
 
     def write(self, name: str, image, result: dict):
@@ -196,7 +197,7 @@ def main(args):
     except CheckpointError as e:
         runtime.fail(f'--weights: {e}')
     out.mkdir(parents=True, exist_ok=True)
-    outputs = Outputs(out, source, getattr(detector, 'classes', None), not args.no_save, args.save_txt)
+    outputs = Outputs(out, source, detector, not args.no_save, args.save_txt)
     found_what = detector.kind  # 'faces' or 'objects'
     runs_on = f'onnxruntime {"/".join(detector.model.providers)}' if weights.suffix.lower() == '.onnx' else device
     if detector.kind == 'faces':
