@@ -1,0 +1,141 @@
+"""The run directory: next free name beside an earlier run, reuse of an empty one, --exist-ok, --resume, two runs
+claiming the same name at the same moment, and the path broadcast from rank 0 under torchrun."""
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from common.run_dir import CLAIM, claim_run_dir
+from common.runtime import Runtime
+
+
+def finished_run(folder, name='last.pt'):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b'weights')
+    return folder
+
+
+def test_a_new_name_is_created_and_claimed(tmp_path):
+    path, line = claim_run_dir(tmp_path / 'runs' / 'retinaface')
+    assert path == tmp_path / 'runs' / 'retinaface' and (path / CLAIM).is_file()
+    assert line == f'run directory: {path}'
+
+
+@pytest.mark.parametrize('held', ['last.pt', 'best.pt', 'metrics.csv', 'results.json'])
+def test_a_run_there_sends_the_new_run_to_the_next_free_name(tmp_path, held):
+    first = finished_run(tmp_path / 'retinaface', held)
+    path, line = claim_run_dir(first)
+    assert path == tmp_path / 'retinaface2'
+    assert line == f'run directory: {path} ({first} holds a run; --exist-ok overwrites it)'
+    assert sorted(p.name for p in first.iterdir()) == [held]  # the first run untouched, nothing added
+    assert claim_run_dir(first)[0] == tmp_path / 'retinaface3'  # retinaface2 is claimed now
+    shutil.rmtree(tmp_path / 'retinaface2')  # a gap is filled first
+    assert claim_run_dir(first)[0] == tmp_path / 'retinaface2'
+
+
+def test_a_name_ending_in_a_digit_counts_after_a_dash(tmp_path):
+    first = finished_run(tmp_path / 'voc07')
+    assert claim_run_dir(first)[0] == tmp_path / 'voc07-2'
+    assert claim_run_dir(first)[0] == tmp_path / 'voc07-3'
+    assert claim_run_dir(finished_run(tmp_path / 'retinaface2'))[0] == tmp_path / 'retinaface2-2'
+
+
+def test_an_existing_empty_directory_is_reused(tmp_path):
+    empty = tmp_path / 'runs' / 'centerface'
+    empty.mkdir(parents=True)
+    assert claim_run_dir(empty)[0] == empty
+
+
+def test_a_claimed_directory_is_not_reused_even_without_checkpoints(tmp_path):
+    """args.json and the claim only: a run that died before its first checkpoint, or one still in its first epoch."""
+    first, _ = claim_run_dir(tmp_path / 'extractor')
+    (first / 'args.json').write_text('{}')
+    path, line = claim_run_dir(first)
+    assert path == tmp_path / 'extractor2' and 'is claimed by another run' in line
+    assert claim_run_dir(first, exist_ok=True)[0] == first
+
+
+def test_exist_ok_writes_into_the_run_as_given(tmp_path):
+    first = finished_run(tmp_path / 'retinanet')
+    path, line = claim_run_dir(first, exist_ok=True)
+    assert path == first and (first / 'last.pt').read_bytes() == b'weights'
+    assert line == f'run directory: {first} (--exist-ok: over the run there)'
+    assert not (tmp_path / 'retinanet2').exists()
+    assert claim_run_dir(tmp_path / 'new', exist_ok=True) == (tmp_path / 'new', f'run directory: {tmp_path / "new"}')
+
+
+def test_resume_continues_in_out_as_given(tmp_path):
+    first = finished_run(tmp_path / 'recognition')
+    path, line = claim_run_dir(first, resume=True)
+    assert path == first and line == f'run directory: {first} (--resume)'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['recognition']
+
+
+def test_a_file_at_out_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / 'runs').write_text('not a folder')
+    for out, flags in ((tmp_path / 'runs', {}), (tmp_path / 'runs', {'exist_ok': True}),
+                       (tmp_path / 'runs' / 'retinaface', {})):
+        with pytest.raises(SystemExit) as e:
+            claim_run_dir(out, **flags)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1 and '--out' in err and str(out) in err, err
+
+
+def _claim_in_rounds(base, rounds, barrier, results):
+    for r in range(rounds):
+        barrier.wait()  # every process asks for the same name at the same moment
+        results.put((r, str(claim_run_dir(base / f'round{r}' / 'run')[0])))
+
+
+def test_runs_started_at_the_same_moment_never_share_a_directory(tmp_path):
+    """4 processes, 40 rounds: in each round all ask for the same --out at once; each gets its own directory."""
+    processes, rounds = 4, 40
+    context = multiprocessing.get_context('fork' if sys.platform == 'linux' else 'spawn')
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_claim_in_rounds, args=(tmp_path, rounds, barrier, results))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    claimed = [results.get(timeout=60) for _ in range(processes * rounds)]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    for r in range(rounds):
+        paths = sorted(path for round_, path in claimed if round_ == r)
+        run = tmp_path / f'round{r}' / 'run'
+        assert paths == sorted(map(str, [run, run.with_name('run2'), run.with_name('run3'), run.with_name('run4')]))
+
+
+def _rank(rank, world_size, init, out, results):
+    dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world_size)
+    try:
+        rt = Runtime(device=torch.device('cpu'), rank=rank, world_size=world_size)
+        path, line = claim_run_dir(out, rt=rt)
+        results.put((rank, str(path), line))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_rank_0_claims_and_the_others_learn_the_path(tmp_path):
+    """Two gloo processes beside a finished run: both write to out2, and only one directory was claimed."""
+    out = finished_run(tmp_path / 'retinaface')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        init = f'tcp://127.0.0.1:{s.getsockname()[1]}'
+    context = multiprocessing.get_context('fork' if sys.platform == 'linux' else 'spawn')  # fork: no torch import
+    results = context.Queue()
+    ranks = [context.Process(target=_rank, args=(rank, 2, init, out, results)) for rank in range(2)]
+    for p in ranks:
+        p.start()
+    got = sorted(results.get(timeout=60) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert [path for _, path, _ in got] == [str(tmp_path / 'retinaface2')] * 2
+    assert got[0][2] == got[1][2] and 'holds a run' in got[0][2]
+    assert sorted(os.listdir(tmp_path)) == ['retinaface', 'retinaface2']
