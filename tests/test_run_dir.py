@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from common.run_dir import CLAIM, claim_run_dir
+from common.run_dir import LOCK, claim_run_dir
 from common.runtime import Runtime
 
 
@@ -22,7 +22,7 @@ def finished_run(folder, name='last.pt'):
 
 def test_a_new_name_is_created_and_claimed(tmp_path):
     path, line = claim_run_dir(tmp_path / 'runs' / 'retinaface')
-    assert path == tmp_path / 'runs' / 'retinaface' and (path / CLAIM).is_file()
+    assert path == tmp_path / 'runs' / 'retinaface' and (path / LOCK).is_file()
     assert line == f'run directory: {path}'
 
 
@@ -51,20 +51,31 @@ def test_an_existing_empty_directory_is_reused(tmp_path):
     assert claim_run_dir(empty)[0] == empty
 
 
-def test_a_claimed_directory_is_not_reused_even_without_checkpoints(tmp_path):
-    """args.json and the claim only: a run that died before its first checkpoint, or one still in its first epoch."""
+def test_a_run_in_its_first_epoch_is_skipped_and_a_dead_ones_folder_reused(tmp_path):
+    """args.json and the lock file only: while its run lives (this process holds the lock) the folder is skipped;
+    once the run has ended without a checkpoint (a process that claimed it and exited) it is used again."""
     first, _ = claim_run_dir(tmp_path / 'extractor')
     (first / 'args.json').write_text('{}')
     path, line = claim_run_dir(first)
-    assert path == tmp_path / 'extractor2' and 'is claimed by another run' in line
-    assert claim_run_dir(first, exist_ok=True)[0] == first
+    assert path == tmp_path / 'extractor2' and f'{first} is in use by another run' in line
+    path, line = claim_run_dir(first, exist_ok=True)
+    assert path == first and line.endswith('(--exist-ok: another run is writing there too)')
+
+    dead = tmp_path / 'died'
+    context = multiprocessing.get_context('fork' if sys.platform == 'linux' else 'spawn')
+    child = context.Process(target=claim_run_dir, args=(dead,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and (dead / LOCK).is_file()
+    (dead / 'args.json').write_text('{}')
+    assert claim_run_dir(dead) == (dead, f'run directory: {dead}')
 
 
 def test_exist_ok_writes_into_the_run_as_given(tmp_path):
     first = finished_run(tmp_path / 'retinanet')
     path, line = claim_run_dir(first, exist_ok=True)
     assert path == first and (first / 'last.pt').read_bytes() == b'weights'
-    assert line == f'run directory: {first} (--exist-ok: over the run there)'
+    assert line == f'run directory: {first} (--exist-ok: writing over the run there)'
     assert not (tmp_path / 'retinanet2').exists()
     assert claim_run_dir(tmp_path / 'new', exist_ok=True) == (tmp_path / 'new', f'run directory: {tmp_path / "new"}')
 
@@ -122,7 +133,7 @@ def _rank(rank, world_size, init, out, results):
 
 
 def test_under_torchrun_rank_0_claims_and_the_others_learn_the_path(tmp_path):
-    """Two gloo processes beside a finished run: both write to out2, and only one directory was claimed."""
+    """Two gloo processes beside a finished run: both write to out2, and only one directory was made."""
     out = finished_run(tmp_path / 'retinaface')
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
