@@ -64,7 +64,8 @@ def claim_run_dir(out, *, resume: bool = False, exist_ok: bool = False, rt=None)
 def _choose(requested: Path, resume: bool, exist_ok: bool) -> tuple[Path, str]:
     if requested.exists() and not requested.is_dir():
         fail(f'--out {requested}: is a file, not a directory')
-    if resume:
+    if resume:  # the script says so when OUT/last.pt is missing
+        _make(requested)
         return requested, f'run directory: {requested} (--resume)'
     if exist_ok:
         _make(requested)
@@ -132,3 +133,10 @@ def _lock(folder: Path) -> bool:
 
 def _unlock_last():
     os.close(_held_locks.pop())
+
+
+def release_claims():
+    """Drop the locks this process holds, as its end would: for callers that run several runs in one process (tests,
+    a notebook), once a run is over."""
+    while _held_locks:
+        _unlock_last()
