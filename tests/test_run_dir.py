@@ -150,3 +150,77 @@ def test_under_torchrun_rank_0_claims_and_the_others_learn_the_path(tmp_path):
     assert [path for _, path, _ in got] == [str(tmp_path / 'retinaface2')] * 2
     assert got[0][2] == got[1][2] and 'holds a run' in got[0][2]
     assert sorted(os.listdir(tmp_path)) == ['retinaface', 'retinaface2']
+
+
+# ---------------------------------------------------------------------------------------------------- the scripts
+
+
+@pytest.fixture(scope='module')
+def tiny_flags(tmp_path_factory):
+    """flags(script): the smallest data and settings each training script runs on (a few seconds a run); each data
+    set is made when a script first needs it."""
+    from common import synthetic
+    root, made = tmp_path_factory.mktemp('data'), {}
+
+    def data(kind, **options):
+        if kind not in made:
+            made[kind] = synthetic.KINDS[kind](root / kind, **options)
+        return made[kind]
+
+    def flags(script):
+        cpu = ['--workers', 0, '--device', 'cpu', '--batch-size', 2]
+        face_eval = ['--test-size', 64, '--max-size', 64, '--top-k', 50, '--keep-top-k', 20]
+        if script in ('finetune_retinaface', 'train_centernet'):
+            network = ['--warmup-epochs', 0] if script == 'finetune_retinaface' else [
+                '--width-mult', 0.35, '--neck-channels', 16, '--head-conv', 16]
+            return ['--data-root', data('widerface', num_images=4, seed=3), '--image-size', 64, '--epochs', 1,
+                    *network, *cpu, *face_eval]
+        if script == 'train_recognition':
+            people = data('identities', seed=2, identities=2, images_per_identity=2, test_identities=20,
+                          test_images_per_identity=2, pairs_per_set=1)
+            return ['--data-root', people / 'train', '--test-root', people / 'test', '--test-list',
+                    people / 'pairs.txt', '--epochs', 1, '--no-flip', '--embedding-size', 16, *cpu]
+        if script == 'pretrain_extractor':
+            return ['--data-root', data('imagefolder', num_images=12, seed=2, size=32), '--arch', 'resnet18',
+                    '--image-size', 32, '--iterations', 2, '--lr', 0.01, *cpu, '--batch-size', 4]
+        return ['--data-root', data('voc', num_images=6, seed=1), '--years', 2007, '--arch', 'resnet18',
+                '--fpn-channels', 16, '--size', 64, '--epochs', 1, '--top-k', 50, '--eval-batch-size', 2, *cpu]
+
+    return flags
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script', ['finetune_retinaface', 'train_centernet', 'train_recognition', 'pretrain_extractor',
+                                    'train_retinanet'])
+def test_a_second_run_beside_a_finished_one_leaves_it_whole(script, tiny_flags, tmp_path, capsys):
+    """The same command twice: the second run writes to OUT2 and says so first; the first run's files, checkpoints
+    and metrics.csv among them, stay byte for byte. --exist-ok writes over the first run; --resume continues in it.
+    (Each run is the script's main() in this process: the code the command line runs, without the start-up.)"""
+    from bad_input import run_main
+    from common.checkpoint import load_checkpoint
+    from common.run_dir import release_claims
+
+    def run(*flags):
+        status, printed, err = run_main(script, ['--out', out, *tiny_flags(script), *flags], capsys)
+        release_claims()  # what the end of a run's process does
+        assert status == 0, err[-3000:]
+        return printed.splitlines()[0]
+
+    out = tmp_path / 'run'
+    assert run() == f'run directory: {out}'
+    first = files_of(out)
+    assert {'last.pt', 'metrics.csv'} <= {p.name for p in first}
+
+    assert run() == f'run directory: {out}2 ({out} holds a run; --exist-ok overwrites it)'
+    assert files_of(out) == first
+    assert load_checkpoint(tmp_path / 'run2' / 'last.pt')['args']['out'] == str(tmp_path / 'run2')
+
+    written = (out / 'last.pt').stat().st_ino
+    assert run('--exist-ok') == f'run directory: {out} (--exist-ok: writing over the run there)'
+    assert (out / 'last.pt').stat().st_ino != written  # a new file put in its place
+    assert run('--resume') == f'run directory: {out} (--resume)'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['run', 'run2']
