@@ -132,9 +132,8 @@ def _rank(rank, world_size, init, out, results):
         dist.destroy_process_group()
 
 
-def test_under_torchrun_rank_0_claims_and_the_others_learn_the_path(tmp_path):
-    """Two gloo processes beside a finished run: both write to out2, and only one directory was made."""
-    out = finished_run(tmp_path / 'retinaface')
+def run_two_ranks(out):
+    """claim_run_dir(out) in two gloo processes: their exit codes and what each returned."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         init = f'tcp://127.0.0.1:{s.getsockname()[1]}'
@@ -143,13 +142,29 @@ def test_under_torchrun_rank_0_claims_and_the_others_learn_the_path(tmp_path):
     ranks = [context.Process(target=_rank, args=(rank, 2, init, out, results)) for rank in range(2)]
     for p in ranks:
         p.start()
-    got = sorted(results.get(timeout=60) for _ in ranks)
     for p in ranks:
         p.join(timeout=60)
-        assert p.exitcode == 0
+        if p.is_alive():  # a rank left waiting: fail the test, leave no process behind
+            p.kill()
+            p.join()
+    got = []
+    while not results.empty():
+        got.append(results.get(timeout=5))
+    return [p.exitcode for p in ranks], sorted(got)
+
+
+def test_under_torchrun_rank_0_claims_and_the_others_learn_the_path(tmp_path):
+    """Two gloo processes beside a finished run: both write to out2, and only one directory was made. When rank 0
+    cannot claim (--out is a file) both stop with status 2; rank 1 does not wait forever."""
+    out = finished_run(tmp_path / 'retinaface')
+    exitcodes, got = run_two_ranks(out)
+    assert exitcodes == [0, 0]
     assert [path for _, path, _ in got] == [str(tmp_path / 'retinaface2')] * 2
     assert got[0][2] == got[1][2] and 'holds a run' in got[0][2]
     assert sorted(os.listdir(tmp_path)) == ['retinaface', 'retinaface2']
+
+    (tmp_path / 'a_file').write_text('')
+    assert run_two_ranks(tmp_path / 'a_file') == ([2, 2], [])
 
 
 # ---------------------------------------------------------------------------------------------------- the scripts
