@@ -39,6 +39,7 @@ from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, 
 from common.models import load_pretrained
 from common.models.retinaface import NETWORKS, RetinaFace
 from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
+from common.run_dir import claim_run_dir
 
 
 def parse_args(argv=None):
@@ -72,9 +73,10 @@ def main(args):
     # ------------------------------------------------------------ set-up
     rt = runtime.setup(args)
     runtime.require_path(args.data_root, '--data-root', 'dataset folder')
-    out = Path(args.out)
+    out, where = claim_run_dir(args.out, resume=args.resume, exist_ok=args.exist_ok, rt=rt)  # never over a run
+    args.out = str(out)  # args.json, the checkpoints and the evaluation record the directory written to
+    rt.print(where)
     if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / 'args.json', plain_args(args))
     if args.evaluate:  # --weights is ours (the network is rebuilt from its arch) or a Pytorch_Retinaface state dict
         if not args.weights:

@@ -26,7 +26,6 @@ Evaluation only:
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, 
 from common.models import build_model, load_pretrained
 from common.models.retinanet import EXTRACTORS, RGB_MEAN, RGB_STD, Extractor
 from common.optimization import NonFiniteGuard, build_optimizer, iteration_schedule
+from common.run_dir import claim_run_dir
 
 # fixed counts, as the tutorial's, not fractions of --iterations: scaled to a 600-iteration run they leave 120
 # iterations at the peak LR, and top-1 fell from 0.99 / 0.92 to 0.87 / 0.82 (seeds 1 / 2, README)
@@ -132,9 +132,10 @@ def main(args):
     # ------------------------------------------------------------ set-up
     rt = runtime.setup(args)
     root = runtime.require_path(args.data_root, '--data-root', 'image folder')
-    out = Path(args.out)
+    out, where = claim_run_dir(args.out, resume=args.resume, exist_ok=args.exist_ok, rt=rt)  # never over a run
+    args.out = str(out)  # args.json, the checkpoints and the evaluation record the directory written to
+    rt.print(where)
     if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / 'args.json', plain_args(args))
     train_tf, val_tf = data_transforms(args)
     try:

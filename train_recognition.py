@@ -48,6 +48,7 @@ from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, 
 from common.models import build_model, load_pretrained
 from common.models.recognition import BACKBONES, HEADS, INPUTS, RESNET_STAGES, build_recognition
 from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
+from common.run_dir import claim_run_dir
 from common.visualize import plot_roc
 
 RESULT_KEYS = ('acc_10fold', 'std_10fold', 'acc_best_threshold', 'threshold')
@@ -181,19 +182,19 @@ def main(args):
     rt = runtime.setup(args)
     if args.export_embeddings:
         return export_embeddings(args, rt)
-    out = Path(args.out)
+    if not args.evaluate:
+        runtime.require_path(args.data_root, '--data-root', 'training image folder')
+    pairs = load_test_pairs(args)
+    out, where = claim_run_dir(args.out, resume=args.resume, exist_ok=args.exist_ok, rt=rt)  # never over a run
+    args.out = str(out)  # args.json and the checkpoints record the directory written to
+    rt.print(where)
     if args.evaluate:  # the network is rebuilt from the checkpoint's arch
-        pairs = load_test_pairs(args)
         model, arch = load_backbone(args, rt)
-        out.mkdir(parents=True, exist_ok=True)
         results = verify(model, pairs, face_transforms(arch['input'])[1], args, rt, roc_path=out / 'roc.png')
         write_json(out / 'results.json', results)
         rt.print(f'results: {results} -> {out / "results.json"}')
         return results
-    runtime.require_path(args.data_root, '--data-root', 'training image folder')
-    pairs = load_test_pairs(args)
     if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / 'args.json', plain_args(args))
 
     # ------------------------------------------------------------ data: one folder per person, augmented per sample

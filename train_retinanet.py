@@ -45,6 +45,7 @@ from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, 
 from common.models import load_pretrained
 from common.models.retinanet import EXTRACTORS, RetinaNet, default_fpn_channels
 from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
+from common.run_dir import claim_run_dir
 from common.visualize import plot_pr_curves
 
 
@@ -138,9 +139,10 @@ def main(args):
     # ------------------------------------------------------------ set-up
     rt = runtime.setup(args)
     root = runtime.require_path(args.data_root, '--data-root', 'VOCdevkit folder')
-    out = Path(args.out)
+    out, where = claim_run_dir(args.out, resume=args.resume, exist_ok=args.exist_ok, rt=rt)  # never over a run
+    args.out = str(out)  # args.json, the checkpoints and the evaluation record the directory written to
+    rt.print(where)
     if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / 'args.json', plain_args(args))
     if args.evaluate:  # the network and its anchors are rebuilt from the checkpoint's arch
         if not args.weights:

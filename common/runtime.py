@@ -175,10 +175,10 @@ def add_shared_flags(parser: argparse.ArgumentParser, *, data_root: str, out: st
                      lr: float | None, workers: int = 4, eval_every: int = 1, save_every: int = 1, keep: int = 3,
                      unit: str = 'epochs', lr_help: str = 'peak learning rate'):
     """The flags every training script has (DESIGN.md), with the script's own defaults: --data-root --workers
-    --pretrained --epochs --batch-size --lr --amp --channels-last --out --device --resume --seed --eval-every
-    --save-every --keep. Everything else a script declares itself. `unit` is what the loop counts ('epochs', or
-    'iterations' for a script whose --epochs is an alternative to its --iterations). Returns the argument groups
-    (data, model, optimisation, run) so the script adds its own flags where a reader expects them."""
+    --pretrained --epochs --batch-size --lr --amp --channels-last --out --exist-ok --device --resume --seed
+    --eval-every --save-every --keep. Everything else a script declares itself. `unit` is what the loop counts
+    ('epochs', or 'iterations' for a script whose --epochs is an alternative to its --iterations). Returns the
+    argument groups (data, model, optimisation, run) so the script adds its own flags where a reader expects them."""
     groups = {name: parser.add_argument_group(name) for name in ('data', 'model', 'optimisation', 'run')}
     g = groups['data']
     g.add_argument('--data-root', default=data_root, help='dataset folder (default: %(default)s)')
@@ -197,10 +197,15 @@ def add_shared_flags(parser: argparse.ArgumentParser, *, data_root: str, out: st
                    help='NHWC memory layout for the network (default: on for the CPU, where training measured '
                         '1.08x (RetinaFace) to 1.36x (CenterFace) faster; off elsewhere)')
     g = groups['run']
-    g.add_argument('--out', default=out, help='run directory: checkpoints, metrics.csv, plots, results.json')
+    g.add_argument('--out', default=out, help='run directory: checkpoints, metrics.csv, plots, results.json '
+                   '(default: %(default)s). A run, or --evaluate, never writes over an earlier one: when OUT holds a '
+                   'run (last.pt, best.pt, metrics.csv or results.json) or a running run uses it, it writes to the '
+                   'next free name, OUT2, OUT3, ... (OUT-2, OUT-3 after a final digit); its first line says where')
+    g.add_argument('--exist-ok', action='store_true', help='write into OUT as given even when it holds a run (over '
+                   'its files)')
     g.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
-    g.add_argument('--resume', action='store_true', help='continue from OUT/last.pt (weights, optimiser, schedule, '
-                   'epoch, metrics)')
+    g.add_argument('--resume', action='store_true', help='continue the run in OUT (as given) from OUT/last.pt '
+                   '(weights, optimiser, schedule, epoch, metrics)')
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--eval-every', type=int, default=eval_every, help=f'evaluate every N {unit} (0: only at the end)')
     name = 'epoch' if unit == 'epochs' else 'iter'

@@ -104,6 +104,7 @@ def test_two_processes_under_torchrun(tiny_wider, tmp_path, repo_root):
     result = run(repo_root, '--data-root', tiny_wider, '--out', out, '--epochs', 1, *FAST, torchrun=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sum('epoch 1/1 loss' in line for line in result.stdout.splitlines()) == 1  # printed by rank 0 alone
+    assert result.stdout.count('run directory: ') == 1 and f'run directory: {out}\n' in result.stdout
     assert [r['epoch'] for r in rows(out / 'metrics.csv')] == ['1']
     assert load_checkpoint(out / 'last.pt')['step'] == 1  # 25 images / 2 processes / batch 8: one step each
 
