@@ -16,9 +16,32 @@ Other crop sizes (`template_points(name, (W, H))`):
 The transform is the least-squares similarity (one scale, a rotation, a shift; never a reflection) from the detected
 points to the template's (Umeyama 1991), and the crop is cv2.warpAffine with bilinear interpolation and a black
 border, as insightface's norm_crop cuts it.
+
+The command aligns a folder of photos for train_recognition.py: every image under --source (a person/image.jpg tree
+or a flat folder) is detected at its original size, exactly as detect.py detects it (so its landmarks are
+detect.py's), the face the image is of is picked (--pick: the highest-scoring by default), and its crop is written
+under --out at the same relative path, with the same extension. Images without a face are listed in
+<out>/no_face.txt; unreadable ones are named and skipped.
+
+    python -m common.align --weights weights/retinaface_mobilenet0.25_Final.pth --network mobile0.25 \\
+        --source data/lfw --out data/lfw-sphereface --template sphereface          # the released MobileFaceNet
+    python -m common.align --weights runs/retinaface/best.pt --source data/people --out data/people-112
+    python -m common.align --weights W --source RAW --out ALIGNED --size 128x128     # the tutorial's gray models
+    python -m common.align --weights centerface.onnx --source RAW --out ALIGNED --batch-size 8 --device cuda
 """
+import argparse
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
+from tqdm import tqdm
+
+from . import runtime
+from .checkpoint import CheckpointError
+from .data.images import IMAGE_SUFFIXES, is_image_file, prefetch, read_image
+from .inference.load import build_detector
+from .models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 
 # (x, y) of the five landmarks in a 112 x 112 crop (insightface's ArcFace template)
 ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
@@ -104,3 +127,125 @@ def pick_face(boxes: np.ndarray, scores: np.ndarray, image_hw: tuple[int, int], 
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     height, width = image_hw
     return int(np.argmin(((centres - [width / 2, height / 2]) ** 2).sum(1)))
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m common.align', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    g = parser.add_argument_group('detector')
+    g.add_argument('--weights', required=True, help='a face detector with landmarks: our RetinaFace or CenterFace '
+                   'checkpoint, a Pytorch_Retinaface state dict, or an .onnx file from export.py')
+    g.add_argument('--network', default=None, choices=list(RETINAFACE_NETWORKS),
+                   help='backbone of a Pytorch_Retinaface state dict (our checkpoints carry their own)')
+    g.add_argument('--conf-thres', type=float, default=0.5, help='faces scoring above this count (detect.py\'s)')
+    g.add_argument('--max-size', type=int, default=None, help='cap the long side for detection (default: original '
+                   'size; the crop is always cut from the original image)')
+    g = parser.add_argument_group('alignment')
+    g.add_argument('--source', required=True, help='folder of photos (any tree), or one photo')
+    g.add_argument('--out', required=True, help='folder for the crops (the same tree) and no_face.txt')
+    g.add_argument('--template', default='arcface', help=f'{" or ".join(TEMPLATES)} (default arcface)')
+    g.add_argument('--size', default=None, metavar='WxH',
+                   help='crop size (default: the template\'s, 112x112 or 96x112); other sizes: see above')
+    g.add_argument('--pick', default='score', help=f'which face an image is of: {", ".join(PICKS)} (default score: '
+                   'the highest-scoring)')
+    g = parser.add_argument_group('run')
+    g.add_argument('--batch-size', type=int, default=1, help='images per forward pass (padded together)')
+    g.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
+    return parser.parse_args(argv)
+
+
+def list_images(source: Path) -> list:
+    """(relative path, path) of every image under `source` (or of `source` itself), sorted."""
+    if source.is_file():
+        return [(Path(source.name), source)]
+    return sorted((p.relative_to(source), p) for p in source.rglob('*') if p.is_file() and is_image_file(p))
+
+
+def write_image(path: Path, image: np.ndarray):
+    """cv2.imencode + tofile: any path (non-ASCII too), in the format its extension names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f'cannot encode an image as {path.suffix}')
+    data.tofile(str(path))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    weights = runtime.require_path(args.weights, '--weights', 'detector file')
+    source = runtime.require_path(args.source, '--source', 'photo folder')
+    if args.template not in TEMPLATES:
+        runtime.fail(f'--template: unknown template {args.template!r} (use {" or ".join(TEMPLATES)})')
+    if args.pick not in PICKS:
+        runtime.fail(f'--pick: unknown rule {args.pick!r} (use {", ".join(PICKS)})')
+    try:
+        size = parse_size(args.size) if args.size else TEMPLATES[args.template][1]
+    except ValueError as e:
+        runtime.fail(f'--size: {e}')
+    if args.batch_size < 1:
+        runtime.fail(f'--batch-size: must be at least 1, got {args.batch_size}')
+    out = Path(args.out)
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        runtime.fail(f'--out {out}: inside --source {source}; the crops would mix with the photos')
+    images = list_images(source)
+    if not images:
+        runtime.fail(f'--source {source}: no images in it ({" ".join(IMAGE_SUFFIXES)})')
+    device = runtime.select_device(args.device)
+    try:
+        detector = build_detector(weights, args.network, device, conf_thres=args.conf_thres, max_size=args.max_size)
+    except CheckpointError as e:
+        runtime.fail(f'--weights: {e}')
+    if detector.kind != 'faces':
+        runtime.fail(f'--weights {weights}: an object detector ({detector.arch.get("name")}); alignment needs a face '
+                     f'detector with landmarks (RetinaFace or CenterFace)')
+
+    def read_all():
+        for relative, path in images:
+            yield relative, read_image(path)
+
+    aligned, no_face, unreadable = 0, [], []
+    bar = tqdm(total=len(images), unit='image', desc='aligning', dynamic_ncols=True, file=sys.stdout,
+               mininterval=0.5 if sys.stdout.isatty() else 30)  # in a log file: a line per 30 s
+    batch = []
+    for relative, image in prefetch(read_all(), depth=2 * args.batch_size):  # read ahead in a thread
+        if image is None:
+            unreadable.append(relative.as_posix())
+            bar.write(f'skipping {source / relative}: cannot be decoded as an image')
+            bar.update()
+            continue
+        batch.append((relative, image))
+        if len(batch) == args.batch_size:
+            aligned += align_batch(batch, detector, out, args.template, size, args.pick, no_face)
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        aligned += align_batch(batch, detector, out, args.template, size, args.pick, no_face)
+        bar.update(len(batch))
+    bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'no_face.txt').write_text(''.join(f'{p}\n' for p in sorted(no_face)))
+    print(f'{len(images)} images: {aligned} aligned ({args.template} template, {size[0]}x{size[1]}) -> {out}; '
+          f'{len(no_face)} without a face (listed in {out / "no_face.txt"}); {len(unreadable)} unreadable'
+          + (f': {", ".join(unreadable[:5])}{" ..." if len(unreadable) > 5 else ""}' if unreadable else ''))
+    return {'images': len(images), 'aligned': aligned, 'no_face': sorted(no_face), 'unreadable': unreadable}
+
+
+def align_batch(batch, detector, out: Path, template: str, size, pick: str, no_face: list) -> int:
+    """Detect the batch's images together, write the picked face's crop of each; returns how many were written."""
+    results = detector([image for _, image in batch])
+    written = 0
+    for (relative, image), result in zip(batch, results):
+        index = pick_face(result['boxes'], result['scores'], image.shape[:2], pick)
+        if index is None:
+            no_face.append(relative.as_posix())
+            continue
+        write_image(out / relative, crop_face(image, result['landmarks'][index], template, size))
+        written += 1
+    return written
+
+
+if __name__ == '__main__':
+    main()

@@ -48,7 +48,8 @@ def reference_forward(state: dict, x: torch.Tensor) -> torch.Tensor:
 def sphereface_faces(shared_data, photos=PHOTOS, max_size=400) -> np.ndarray:
     """(N, 112, 96, 3) BGR crops of every face the shared RetinaFace finds in the photos (long side <= max_size:
     quick, and the faces are real faces all the same)."""
-    from common.detector import FaceDetector, load_detector_model
+    from common.inference.detectors import FaceDetector
+    from common.inference.load import load_detector_model
     model, arch = load_detector_model(shared_data / RETINAFACE, 'mobile0.25')
     detector = FaceDetector(model, arch, 'cpu', conf_thres=0.5, max_size=max_size)
     crops = []
