@@ -1,13 +1,17 @@
 """Face alignment (common/align.py): the templates at other sizes, the similarity fit against hand-computed cases and
-against the same least-squares problem solved another way, the crop, and the face picking rules."""
+against the same least-squares problem solved another way, the crop, and the face picking rules; the command on real
+photos against insightface's norm_crop written again here from its description, and its bad input."""
 import math
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from common.align import ARCFACE_112, TEMPLATES, crop_face, parse_size, pick_face, similarity_transform, \
     template_points
+
+RETINAFACE = 'weights/retinaface_mobilenet0.25_Final.pth'
 
 
 def fit_by_linear_least_squares(source, target):
@@ -108,3 +112,138 @@ def test_pick_face_rules():
     assert pick_face(boxes[:0], scores[:0], (100, 100)) is None
     with pytest.raises(ValueError, match='pick'):
         pick_face(boxes, scores, (100, 100), 'first')
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+
+
+def norm_crop(image, landmarks, template: str):
+    """insightface's norm_crop as ../shared/REFERENCE.md describes it: the similarity from the landmarks to the
+    template (here by linear least squares), then cv2.warpAffine, bilinear, black border."""
+    points, size = TEMPLATES[template]
+    return cv2.warpAffine(image, fit_by_linear_least_squares(landmarks, points), size, borderValue=0.0)
+
+
+def align(argv, capsys):
+    """python -m common.align in this process -> (exit status, stdout, stderr)."""
+    from common import align
+    try:
+        result, status = align.main([str(a) for a in argv]), 0
+    except SystemExit as stop:
+        result, status = None, stop.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err, result
+
+
+@pytest.fixture
+def raw_photos(shared_data, tmp_path):
+    """Real photos as PNG (no JPEG noise) in a person/photo tree and flat, a photo without a face, a corrupt file and
+    a note: raw/obama/obama.png (long side 480), raw/kit_with_rose.png, raw/wall.png, raw/broken.jpg, raw/notes.txt."""
+    raw = tmp_path / 'raw'
+    (raw / 'obama').mkdir(parents=True)
+    photo = cv2.imread(str(shared_data / 'recognition' / 'people' / 'obama' / 'obama.jpg'))
+    cv2.imwrite(str(raw / 'obama' / 'obama.png'), cv2.resize(photo, None, fx=0.42, fy=0.42,
+                                                                interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(raw / 'kit_with_rose.png'),
+                cv2.imread(str(shared_data / 'recognition' / 'people_test' / 'kit_with_rose.jpg')))
+    cv2.imwrite(str(raw / 'wall.png'), np.full((200, 240, 3), 128, np.uint8))
+    (raw / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    (raw / 'notes.txt').write_text('not a photo')
+    return raw
+
+
+@pytest.mark.slow
+def test_command_crops_equal_norm_crop_on_png_photos(shared_data, raw_photos, tmp_path, capsys):
+    from common.inference.load import build_detector
+    weights = shared_data / RETINAFACE
+    detector = build_detector(weights, 'mobile0.25', 'cpu')  # detect.py's settings: original size, conf 0.5
+    for template in TEMPLATES:
+        out = tmp_path / template
+        status, stdout, err, result = align(['--weights', weights, '--network', 'mobile0.25', '--source', raw_photos,
+                                             '--out', out, '--template', template, '--device', 'cpu'], capsys)
+        assert status == 0, err
+        assert result == {'images': 4, 'aligned': 2, 'no_face': ['wall.png'], 'unreadable': ['broken.jpg']}
+        assert (out / 'no_face.txt').read_text() == 'wall.png\n'
+        assert 'broken.jpg' in stdout and '1 without a face' in stdout
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob('*.png')) == ['kit_with_rose.png',
+                                                                                     'obama/obama.png']
+        for relative in ('obama/obama.png', 'kit_with_rose.png'):
+            image = cv2.imread(str(raw_photos / relative))
+            found = detector([image])[0]
+            best = int(np.argmax(found['scores']))
+            reference = norm_crop(image, found['landmarks'][best].astype(np.float64), template)
+            crop = cv2.imread(str(out / relative))
+            assert crop.shape == reference.shape == (112, TEMPLATES[template][1][0], 3)
+            assert np.abs(crop.astype(float) - reference).mean() <= 1.0
+            assert crop.std() > 20  # a face, not a black square
+
+
+@pytest.mark.slow
+def test_command_batches_sizes_and_picks(shared_data, raw_photos, tmp_path, capsys):
+    """--batch-size 3 pads the photos into one batch and writes the same faces; --size 128x128 (insightface's 128
+    rule); --pick largest takes the largest of the two faces of kit_with_rose.png (Kit Harington's, also the best)
+    and --pick score the other when the best is hidden."""
+    weights = shared_data / RETINAFACE
+    flags = ['--weights', weights, '--network', 'mobile0.25', '--source', raw_photos, '--device', 'cpu']
+    status, _, err, one = align([*flags, '--out', tmp_path / 'one'], capsys)
+    status3, _, err3, three = align([*flags, '--out', tmp_path / 'three', '--batch-size', 3, '--size', '128x128'],
+                                    capsys)
+    assert status == status3 == 0, err + err3
+    assert one == three
+    for relative in ('obama/obama.png', 'kit_with_rose.png'):
+        single, padded = cv2.imread(str(tmp_path / 'one' / relative)), cv2.imread(str(tmp_path / 'three' / relative))
+        assert padded.shape == (128, 128, 3)
+        # the same face: the 128 crop holds the 112 one 8 px in from the left (landmarks differ a little in a batch)
+        assert np.abs(padded[:112, 8:120].astype(float) - single).mean() < 12
+    status, _, err, _ = align([*flags, '--out', tmp_path / 'largest', '--pick', 'largest'], capsys)
+    assert status == 0, err
+    largest = cv2.imread(str(tmp_path / 'largest' / 'kit_with_rose.png')).astype(float)
+    assert np.abs(largest - cv2.imread(str(tmp_path / 'one' / 'kit_with_rose.png'))).mean() < 1
+    photo = cv2.imread(str(raw_photos / 'kit_with_rose.png'))
+    photo[:, 250:] = 0  # Kit Harington gone: the best face left is Rose Leslie's
+    cv2.imwrite(str(raw_photos / 'kit_with_rose.png'), photo)
+    status, _, err, _ = align([*flags, '--out', tmp_path / 'rose'], capsys)
+    assert status == 0, err
+    assert np.abs(cv2.imread(str(tmp_path / 'rose' / 'kit_with_rose.png')).astype(float) - largest).mean() > 20
+
+
+def test_command_bad_input_is_one_line(shared_data, raw_photos, tmp_path, capsys):
+    weights = shared_data / RETINAFACE
+    flags = ['--weights', weights, '--network', 'mobile0.25', '--device', 'cpu']
+    cases = [
+        ([*flags, '--source', tmp_path / 'nowhere', '--out', tmp_path / 'o'], '--source', 'nowhere'),
+        ([*flags, '--source', raw_photos, '--out', tmp_path / 'o', '--template', 'vggface'], '--template', 'vggface'),
+        ([*flags, '--source', raw_photos, '--out', tmp_path / 'o', '--size', '112by112'], '--size', '112by112'),
+        ([*flags, '--source', raw_photos, '--out', tmp_path / 'o', '--pick', 'first'], '--pick', 'first'),
+        ([*flags, '--source', raw_photos, '--out', raw_photos / 'aligned'], '--out', 'inside --source'),
+        (['--weights', tmp_path / 'none.pt', '--source', raw_photos, '--out', tmp_path / 'o'], '--weights', 'none.pt'),
+    ]
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    cases.append(([*flags, '--source', empty, '--out', tmp_path / 'o'], '--source', 'no images'))
+    retinanet = tmp_path / 'retinanet.pt'
+    recognizer = tmp_path / 'recognizer.pt'
+    save_networks(retinanet, recognizer)
+    cases.append((['--weights', retinanet, '--source', raw_photos, '--out', tmp_path / 'o', '--device', 'cpu'],
+                  '--weights', 'object detector'))
+    cases.append((['--weights', recognizer, '--source', raw_photos, '--out', tmp_path / 'o', '--device', 'cpu'],
+                  '--weights', 'not a detector'))
+    for argv, flag, says in cases:
+        status, _, err, _ = align(argv, capsys)
+        assert status == 2 and err.strip().count('\n') == 0 and 'Traceback' not in err, err
+        assert err.startswith(f'error: {flag}') and says in err, err
+    assert not (tmp_path / 'o').exists()  # nothing written by a refused run
+
+
+def save_networks(retinanet_path, recognizer_path):
+    """An untrained RetinaNet (an object detector) and an untrained MobileFaceNet (no detector) as our checkpoints."""
+    from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, retinanet_anchor_sizes
+    from common.checkpoint import save_checkpoint
+    from common.models import build_model
+    from common.models.mobilefacenet import RELEASED_ARCH
+    arch = {'name': 'retinanet', 'arch': 'resnet18', 'num_classes': 2, 'classes': ['cat', 'dog'], 'fpn_channels': 64,
+            'group_norm': True, 'anchor_sizes': list(retinanet_anchor_sizes(128)),
+            'anchor_scales': list(RETINANET_SCALES), 'anchor_ratios': list(RETINANET_RATIOS), 'size': 128}
+    torch.manual_seed(0)
+    save_checkpoint({'model': build_model(arch).state_dict(), 'arch': arch}, retinanet_path)
+    save_checkpoint({'model': build_model(RELEASED_ARCH).state_dict(), 'arch': dict(RELEASED_ARCH)}, recognizer_path)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from common.align import crop_face
+from conftest import SHARED_DATA as SHARED
 from common.checkpoint import load_checkpoint
 from common.models.mobilefacenet import MobileFaceNet, released_state_dict
 
@@ -98,3 +99,47 @@ def test_variants_from_scratch():
     assert sum(p.numel() for p in MobileFaceNet().parameters()) == 999_552
     with pytest.raises(ValueError, match='multiples of 16'):
         MobileFaceNet(input_size=(112, 100))
+
+
+@pytest.mark.slow
+def test_train_recognition_mobilefacenet_from_scratch(tmp_path, capsys):
+    """--backbone mobilefacenet trains from scratch like the other backbones under its released input convention,
+    recorded in the checkpoint, which --evaluate then needs no flags for."""
+    import bad_input
+    from common.synthetic.identities import make_identities
+    data = make_identities(tmp_path / 'ids', seed=1, identities=3, images_per_identity=4, test_identities=20,
+                           test_images_per_identity=2, pairs_per_set=1)
+    tests = ['--test-root', data / 'test', '--test-list', data / 'pairs.txt', '--workers', 0, '--device', 'cpu']
+    status, _, err = bad_input.run_main('train_recognition', [
+        '--data-root', data / 'train', *tests, '--epochs', 1, '--batch-size', 6, '--backbone', 'mobilefacenet',
+        '--out', tmp_path / 'run'], capsys)
+    assert status == 0, err
+    saved = load_checkpoint(tmp_path / 'run' / 'last.pt')
+    assert {k: saved['arch'][k] for k in ('name', 'backbone', 'input', 'embedding_size')} == {
+        'name': 'recognition', 'backbone': 'mobilefacenet', 'input': 'rgb112x96', 'embedding_size': 128}
+    assert saved['model']['linear7.conv.weight'].shape == (512, 1, 7, 6)
+    status, out, err = bad_input.run_main('train_recognition', [
+        '--evaluate', '--weights', tmp_path / 'run' / 'last.pt', *tests, '--out', tmp_path / 'eval'], capsys)
+    assert status == 0 and 'acc_10fold' in out, err
+
+
+def test_train_recognition_flags_and_the_released_file_as_pretrained(capsys):
+    """--input rgb112 gives the 112 x 112 variant, --embedding-size another width; --pretrained (load_pretrained)
+    takes the released file as it is; the released input is refused for the square-input backbones."""
+    import train_recognition
+    from common.models import load_pretrained
+    from common.models.recognition import build_recognition
+    args = train_recognition.parse_args(['--backbone', 'mobilefacenet'])
+    assert (args.input, args.embedding_size) == ('rgb112x96', 128)
+    args = train_recognition.parse_args(['--backbone', 'mobilefacenet', '--input', 'rgb112', '--embedding-size', '64'])
+    model = build_recognition({'name': 'recognition', 'backbone': 'mobilefacenet', 'input': args.input,
+                               'embedding_size': args.embedding_size})
+    assert tuple(model.linear7.conv.kernel_size) == (7, 7) and model.linear1.conv.out_channels == 64
+    assert (train_recognition.parse_args([]).input, train_recognition.parse_args([]).embedding_size) == ('gray128', 512)
+    with pytest.raises(SystemExit):
+        train_recognition.parse_args(['--input', 'rgb112x96'])
+    assert 'is for --backbone mobilefacenet' in capsys.readouterr().err
+    if (SHARED / RELEASED).is_file():
+        model = build_recognition({'name': 'recognition', 'backbone': 'mobilefacenet', 'input': 'rgb112x96',
+                                   'embedding_size': 128})
+        assert 'loaded all 333 tensors' in load_pretrained(model, SHARED / RELEASED)

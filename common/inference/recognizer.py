@@ -39,8 +39,8 @@ def load_recognition_model(weights, device='cpu', arch: dict | None = None) -> t
     elif released_state_dict(obj) is not None:
         arch = dict(RELEASED_ARCH)
     elif arch is None:
-        raise CheckpointError(f'{weights}: no "arch" inside and not the released MobileFaceNet layout (not a '
-                              f'recognition checkpoint of train_recognition.py)')
+        raise CheckpointError(f'{weights}: not a recognition model (no "arch" inside, as train_recognition.py '
+                              f'writes, and not the released MobileFaceNet layout)')
     if arch.get('name') != 'recognition':
         raise CheckpointError(f'{weights}: a {arch.get("name")} checkpoint, not a recognition model')
     model = build_model(arch)
