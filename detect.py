@@ -19,11 +19,17 @@ resized to the training --size, as its evaluation does; score > 0.5, per-class N
 A video file, or webcam 0 for 300 frames (annotated video written to --out):
     python detect.py --weights W --source clip.mp4
     python detect.py --weights W --source 0 --max-frames 300
+Who is in the photos: a recognizer (our recognition checkpoint, its .onnx, or the released MobileFaceNet file) and a
+gallery, one folder per person with a few photos (aligned with the same detector at start, their embeddings cached
+in --out); each face is named after the person of the most similar gallery photo when the cosine similarity
+reaches --match-thres, else "unknown" (common/gallery.py):
+    python detect.py --weights W --recognizer mobilefacenet_068.ckpt --gallery people/ --source photos/ --save-txt
 
 --save-txt writes <out>/<stem>.txt per image in the WIDER FACE prediction layout (image name, count, then one face
 per line, best first) with the five landmarks after the score: `x y w h score lx1 ly1 ... lx5 ly5`; for RetinaNet
 the image name, the count, then `class score x1 y1 x2 y2` per object. An image without detections gets its file
-(count 0) and its drawn copy like any other.
+(count 0) and its drawn copy like any other. With --gallery each face line ends with one more column, the name
+(spaces in it written as _).
 Images are read in a background thread, so the network never waits for the disk. On the CPU the network runs with
 BatchNorm folded into the convs and in channels_last layout (forward 1.5-2x faster than the plain model,
 measured on 1-2 CPU threads; `python bench/detect_speed.py` measures the whole pipeline).
@@ -35,11 +41,14 @@ from pathlib import Path
 import cv2
 
 from common import runtime
+from common.align import crop_face
 from common.checkpoint import CheckpointError
 from common.data.images import is_image_file, prefetch, read_image
 from common.evaluation.voc import write_object_file
 from common.evaluation.widerface import write_prediction_file
+from common.gallery import MATCH_THRESHOLD, Gallery, GalleryError
 from common.inference.load import build_detector, describe_arch
+from common.inference.recognizer import load_recognizer
 from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 from common.visualize import draw_detections
 
@@ -69,6 +78,12 @@ def parse_args(argv=None):
                    help='best candidates per image entering NMS (default: 5000 faces, 1000 RetinaNet; 0: all faces)')
     g.add_argument('--keep-top-k', type=int, default=None,
                    help='most detections kept per image (default: 750 faces, 100 RetinaNet; 0: all)')
+    g = parser.add_argument_group('recognition')
+    g.add_argument('--recognizer', default=None, help='recognition model: our checkpoint, its .onnx, or the released '
+                   'MobileFaceNet file (needs --gallery)')
+    g.add_argument('--gallery', default=None, help='folder with one folder of photos per known person')
+    g.add_argument('--match-thres', type=float, default=MATCH_THRESHOLD,
+                   help='cosine similarity a face needs to be named (else "unknown")')
     g = parser.add_argument_group('run')
     g.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
     g.add_argument('--out', default='runs/detect', help='folder for annotated images / video and txt results')
@@ -161,13 +176,16 @@ class Outputs:
         if self.save_txt:  # every image gets its file, with 0 detections too
             path = self.out / f'{Path(name).stem}.txt'
             if self.classes is None:
-                write_prediction_file(path, name, result['boxes'], result['scores'], result.get('landmarks'))
+                write_prediction_file(path, name, result['boxes'], result['scores'], result.get('landmarks'),
+                                      names=result.get('names'))
             else:
                 write_object_file(path, name, result['boxes'], result['scores'], result['labels'], self.classes)
         if not self.save_images:
             return
+        captions = [f'{n} {s:.2f}' for n, s in zip(result['names'], result['similarity'])] if 'names' in result \
+            else None
         drawn = draw_detections(image, result['boxes'], result['scores'], result.get('landmarks'),
-                                labels=result.get('labels'), names=self.classes)
+                                labels=result.get('labels'), names=self.classes, captions=captions)
         if not self.source.is_video:
             cv2.imwrite(str(self.out / name), drawn)
             return
@@ -179,6 +197,38 @@ class Outputs:
     def close(self):
         if self.video is not None:
             self.video.release()
+
+
+# ------------------------------------------------------------------------------------------------------ names
+
+def load_gallery(args, weights: Path, detector, device):
+    """(recognizer, gallery) for --recognizer and --gallery, or (None, None) without them."""
+    if not args.recognizer and not args.gallery:
+        return None, None
+    if not (args.recognizer and args.gallery):
+        runtime.fail(f'{"--gallery" if args.recognizer else "--recognizer"} is needed too: naming faces takes a '
+                     f'recognizer and a gallery of known people')
+    if detector.kind != 'faces':
+        runtime.fail(f'--recognizer: {weights} is an object detector; naming faces needs a face detector')
+    path = runtime.require_path(args.recognizer, '--recognizer', 'recognition model')
+    runtime.require_path(args.gallery, '--gallery', 'gallery folder')
+    try:
+        recognizer = load_recognizer(path, device)
+    except CheckpointError as e:
+        runtime.fail(f'--recognizer: {e}')
+    try:
+        gallery = Gallery.build(args.gallery, detector, recognizer, cache_dir=args.out, model_files=[path, weights])
+    except GalleryError as e:
+        runtime.fail(f'--gallery: {e}')
+    print(f'gallery {args.gallery}: {len(gallery)} people, {len(gallery.photos)} photos ({gallery.from_cache} from the '
+          f'cache in {args.out}); a face is named at cosine similarity >= {args.match_thres}', flush=True)
+    return recognizer, gallery
+
+
+def name_faces(image, result: dict, recognizer, gallery, threshold: float):
+    """Align every face of the image, embed them in one batch, and add their 'names' and 'similarity' to result."""
+    crops = [crop_face(image, points, recognizer.template, recognizer.size) for points in result['landmarks']]
+    result['names'], result['similarity'] = gallery.identify(recognizer(crops), threshold)
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -197,6 +247,7 @@ def main(args):
     except CheckpointError as e:
         runtime.fail(f'--weights: {e}')
     out.mkdir(parents=True, exist_ok=True)
+    recognizer, gallery = load_gallery(args, weights, detector, device)
     outputs = Outputs(out, source, detector, not args.no_save, args.save_txt)
     found_what = detector.kind  # 'faces' or 'objects'
     runs_on = f'onnxruntime {"/".join(detector.model.providers)}' if weights.suffix.lower() == '.onnx' else device
@@ -208,8 +259,8 @@ def main(args):
           flush=True)
 
     # detect, draw, write: a batch at a time, the next images read in a background thread meanwhile
-    totals = dict.fromkeys(STAGES + ('write',), 0.0)
-    count, found, skipped = 0, 0, []
+    totals = dict.fromkeys(STAGES + (('recognize',) if gallery else ()) + ('write',), 0.0)
+    count, found, skipped, identities = 0, 0, [], {}
     wall = time.perf_counter()
     try:
         for batch in batches(prefetch(source.frames(), depth=2 * args.batch_size), args.batch_size, skipped):
@@ -217,17 +268,26 @@ def main(args):
             results = detector(list(images))
             times = detector.times
             start = time.perf_counter()
+            if gallery is not None:
+                for image, result in zip(images, results):
+                    name_faces(image, result, recognizer, gallery, args.match_thres)
+                times['recognize'] = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
             for name, image, result in zip(names, images, results):
                 outputs.write(name, image, result)
             times['write'] = (time.perf_counter() - start) * 1000
             times['read'] = sum(read_ms)
             for stage in totals:
-                totals[stage] += times[stage]
+                totals[stage] += times.get(stage, 0.0)
             for name, result in zip(names, results):
                 count += 1
                 found += len(result['boxes'])
-                per_image = ' '.join(f'{s} {times[s] / len(batch):.1f}' for s in STAGES)
-                print(f'{count} {name}: {len(result["boxes"])} {found_what} ({per_image} ms/image)', flush=True)
+                per_image = ' '.join(f'{s} {times[s] / len(batch):.1f}' for s in STAGES + ('recognize',) if s in times)
+                who = '' if 'names' not in result else ': ' + ', '.join(
+                    f'{n} {s:.2f}' for n, s in zip(result['names'], result['similarity']))
+                print(f'{count} {name}: {len(result["boxes"])} {found_what} ({per_image} ms/image){who}', flush=True)
+                if 'names' in result:
+                    identities[name] = list(zip(result['names'], result['similarity'].tolist()))
     except KeyboardInterrupt:
         print('interrupted', flush=True)
     finally:
@@ -243,7 +303,7 @@ def main(args):
     if skipped:
         print(f'{len(skipped)} skipped (not images): {", ".join(skipped[:10])}{" ..." if len(skipped) > 10 else ""}')
     print(f'results in {out}')
-    return {'images': count, found_what: found, 'skipped': skipped}
+    return {'images': count, found_what: found, 'skipped': skipped, **({'names': identities} if gallery else {})}
 
 
 if __name__ == '__main__':

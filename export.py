@@ -3,7 +3,9 @@ CenterFace) or a Pytorch_Retinaface state dict, with dynamic batch, height and w
 (BatchNorm folded, pixel normalisation inside) and outputs its raw heads; decoding and NMS stay in Python
 (common/inference/), so `detect.py --weights M.onnx` runs it through the same pre- and post-processing. The file's
 metadata records the arch, the pixel convention and what the decoder assumes (priors settings for RetinaFace), see
-common/inference/onnx_model.py.
+common/inference/onnx_model.py. A recognition checkpoint (train_recognition.py, or the released MobileFaceNet file)
+exports the same way: aligned BGR crops of its input size in (dynamic batch; the input convention inside), the
+embedding out (`detect.py --recognizer M.onnx` runs it).
 
 A Pytorch_Retinaface state dict (say which backbone), then detection with onnxruntime:
     python export.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --network mobile0.25 \
@@ -12,6 +14,7 @@ A Pytorch_Retinaface state dict (say which backbone), then detection with onnxru
 Our checkpoints carry their arch:
     python export.py --weights runs/retinaface/best.pt --out retinaface.onnx
     python export.py --weights weights/centerface.pt --out centerface.onnx     # from python -m common.models.convert
+    python export.py --weights weights/mobilefacenet.pt --out mobilefacenet.onnx
 
 The export checks itself before the file is written: onnxruntime runs the file on random pixels of another batch and
 size than the traced ones (--check-size) and every output must equal PyTorch's (the network as loaded, BatchNorm
@@ -31,7 +34,9 @@ from common import runtime
 from common.checkpoint import CheckpointError
 from common.inference.load import load_detector_model
 from common.inference.onnx_model import INPUT_NAME, export_record, metadata_for
+from common.inference.recognizer import is_recognition_file, load_recognition_model
 from common.models import fuse_for_inference
+from common.models.recognition import FacePixels
 from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 
 
@@ -60,9 +65,11 @@ def parse_args(argv=None):
     return args
 
 
-def dynamic_shapes(multiple: int | None):
-    """torch.export dims for (B, 3, H, W): batch free, height and width free or multiples of `multiple`."""
+def dynamic_shapes(multiple: int | None, fixed_size: bool = False):
+    """torch.export dims for (B, 3, H, W): batch free, height and width free or multiples of `multiple` (or fixed)."""
     batch = torch.export.Dim('batch', min=1, max=1024)
+    if fixed_size:
+        return ({0: batch},)
     if multiple:
         height = multiple * torch.export.Dim(f'height_div_{multiple}', min=1, max=16384 // multiple)
         width = multiple * torch.export.Dim(f'width_div_{multiple}', min=1, max=16384 // multiple)
@@ -77,12 +84,20 @@ def round_to(size, multiple):
     return [max(multiple, s // multiple * multiple) for s in size] if multiple else list(size)
 
 
+def input_size(arch, size):
+    """The (H, W) to trace or check at: `size` rounded to the network's multiple, or its fixed size (recognition)."""
+    pixels = export_record(arch).pixels(arch)
+    return list(pixels['size']) if pixels.get('size') else round_to(size, pixels['size_multiple'])
+
+
 def random_pixels(batch, size, seed):
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, *size, generator=generator) * 255
 
 
 def flat_outputs(outputs, names):
+    if isinstance(outputs, torch.Tensor):  # one output (a recognition network's embedding)
+        return [outputs]
     return [outputs[n] for n in names] if isinstance(outputs, dict) else list(outputs)
 
 
@@ -90,10 +105,11 @@ def trace(model, arch, opset: int, trace_size):
     """The ONNX model (onnx.ModelProto) of `model` fused for inference, traced on a batch of 2 at `trace_size` with
     dynamic batch, height and width, and its metadata."""
     record = export_record(arch)
-    multiple = record.pixels(arch)['size_multiple']
-    program = torch.onnx.export(fuse_for_inference(model), (random_pixels(2, round_to(trace_size, multiple), 0),),
+    pixels = record.pixels(arch)
+    program = torch.onnx.export(fuse_for_inference(model), (random_pixels(2, input_size(arch, trace_size), 0),),
                                 dynamo=True, input_names=[INPUT_NAME], output_names=list(record.outputs),
-                                opset_version=opset, dynamic_shapes=dynamic_shapes(multiple), verbose=False)
+                                opset_version=opset, verbose=False,
+                                dynamic_shapes=dynamic_shapes(pixels['size_multiple'], bool(pixels.get('size'))))
     proto = program.model_proto
     for key, value in metadata_for(arch).items():
         proto.metadata_props.add(key=key, value=value)
@@ -113,7 +129,7 @@ def write_checked(proto, model, arch, out: Path, check_size, tolerance: float) -
     try:
         onnx.save(proto, tmp)
         session = onnxruntime.InferenceSession(tmp, providers=['CPUExecutionProvider'])
-        pixels = random_pixels(3, round_to(check_size, record.pixels(arch)['size_multiple']), seed=1)
+        pixels = random_pixels(3, input_size(arch, check_size), seed=1)
         theirs = session.run(list(record.outputs), {INPUT_NAME: pixels.numpy()})
         with torch.no_grad():
             ours = flat_outputs(model.eval()(pixels), record.outputs)
@@ -135,9 +151,16 @@ def main(args):
     if weights.suffix.lower() == '.onnx':
         runtime.fail(f'--weights {weights}: already an ONNX file; export takes a PyTorch checkpoint')
     try:
-        model, arch = load_detector_model(weights, args.network, 'cpu')
+        if is_recognition_file(weights):  # its input convention goes into the graph, in front of the network
+            model, arch = load_recognition_model(weights)
+            model = FacePixels(model, arch['input'])
+        else:
+            model, arch = load_detector_model(weights, args.network, 'cpu')
         export_record(arch)  # fail before the slow trace for a network without an export
-        print(f'exporting {arch} from {weights} (opset {args.opset}, dynamic batch, height, width)', flush=True)
+        height, width = input_size(arch, args.trace_size)
+        shapes = f'dynamic batch, {height} x {width} crops' if arch['name'] == 'recognition' else \
+            'dynamic batch, height, width'
+        print(f'exporting {arch} from {weights} (opset {args.opset}, {shapes})', flush=True)
         started = time.perf_counter()
         proto = trace(model, arch, args.opset, args.trace_size)
         traced_s = time.perf_counter() - started

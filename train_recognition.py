@@ -7,8 +7,12 @@ It grows from the "Build Your Own Face Recognition Model" chapter, whose knobs a
 Resize 128, Normalize), --backbone fmobile | resnet, a 512-d embedding, --metric arcface (s 30, m 0.5) | cosface
 (s 30, m 0.4), --loss focal_loss (gamma 2) | cross_entropy, --optimizer sgd (no momentum, as the tutorial's) | adam,
 lr 0.1, x0.1 every 10 epochs, weight decay 5e-4, batch 64, 30 epochs, a checkpoint every epoch. --input rgb112 takes
-insightface's 3x112x112 aligned faces instead. Verification embeds each image and its mirror image (summed, then
-L2-normalised; --no-flip turns that off). The network: common/models/recognition.py.
+insightface's 3x112x112 aligned faces instead. --backbone mobilefacenet is the published MobileFaceNet (128-d, its
+released input by default: 3x112x96 SphereFace-aligned RGB, (p - 127.5) / 128; --input rgb112 for 112 x 112 faces);
+its released checkpoint loads as it is (--weights or --pretrained mobilefacenet_068.ckpt). The input convention is
+recorded in the checkpoint, so --evaluate and --export-embeddings need no flags for it. Verification embeds each
+image and its mirror image (summed, then L2-normalised; --no-flip turns that off). The network:
+common/models/recognition.py; aligned faces from raw photos: python -m common.align.
 
 Single device (CASIA-WebFace as an ImageFolder, LFW aligned to 128 px, either pair list):
     python train_recognition.py --data-root data/CASIA-WebFace --test-root data/lfw-align-128 \\
@@ -24,6 +28,9 @@ Verification only, and embeddings of a folder of faces for `python -m common.eva
     python train_recognition.py --evaluate --weights runs/recognition/best.pt --test-root ... --test-list ...
     python train_recognition.py --weights runs/recognition/best.pt --export-embeddings data/lfw-align-128 \\
         --out lfw_embeddings.npz
+The released MobileFaceNet on faces aligned by `python -m common.align --template sphereface`:
+    python train_recognition.py --evaluate --backbone mobilefacenet --weights mobilefacenet_068.ckpt \\
+        --test-root data/lfw-sphereface --test-list data/lfw/pairs.txt
 """
 import argparse
 import os
@@ -36,16 +43,16 @@ import torch
 import torchvision.transforms as T
 
 from common import runtime
-from common.checkpoint import CheckpointError, CheckpointManager, extract_state_dict, load_checkpoint, \
-    resume_training, rng_states, unwrap
+from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
 from common.evaluation.lfw import PairsFormatError, cosine_scores, embed_images, read_pairs, roc_curve, \
     unreadable_images, verification_report
 from common.data.image_folder import SeededImageFolder
 from common.data.images import is_image_file, pil_image_problem
+from common.inference.recognizer import load_recognition_model
 from common.loaders import make_loader
 from common.losses import SoftmaxFocalLoss
 from common.metrics_log import LossMeter, MetricsLog, plain_args, progress_bar, summary_line, write_json
-from common.models import build_model, load_pretrained
+from common.models import load_pretrained
 from common.models.recognition import BACKBONES, HEADS, INPUTS, RESNET_STAGES, build_recognition
 from common.optimization import NonFiniteGuard, build_optimizer, epoch_schedule
 from common.run_dir import claim_run_dir
@@ -63,8 +70,9 @@ def parse_args(argv=None):
     g.add_argument('--test-root', default='data/lfw-align-128', help='aligned test faces the pair list names')
     g.add_argument('--test-list', default='data/lfw/pairs.txt',
                    help='pairs: official pairs.txt or the tutorial\'s "a.jpg b.jpg label" list (told by content)')
-    g.add_argument('--input', default='gray128', choices=list(INPUTS),
-                   help='gray128: the tutorial\'s 1x128x128; rgb112: 3x112x112 (insightface alignment)')
+    g.add_argument('--input', default=None, choices=list(INPUTS),
+                   help='gray128: the tutorial\'s 1x128x128 (default); rgb112: 3x112x112 (insightface alignment); '
+                   'rgb112x96: the released MobileFaceNet\'s 3x112x96 (SphereFace; its default)')
     g.add_argument('--test-batch-size', type=int, default=60)
     g.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True,
                    help='add the mirror image\'s embedding before normalising (verification and export)')
@@ -72,7 +80,7 @@ def parse_args(argv=None):
     g.add_argument('--backbone', default='fmobile', choices=list(BACKBONES))
     g.add_argument('--resnet-depth', type=int, default=50, choices=sorted(RESNET_STAGES), help='IR-SE ResNet layers')
     g.add_argument('--drop-ratio', type=float, default=0.5, help='dropout before the ResNet\'s embedding layer')
-    g.add_argument('--embedding-size', type=int, default=512)
+    g.add_argument('--embedding-size', type=int, default=None, help='default 512; 128 for mobilefacenet')
     g.add_argument('--metric', default='arcface', choices=list(HEADS), help='margin head')
     g.add_argument('--scale', type=float, default=30.0, help='s: logits are s * cos(theta)')
     g.add_argument('--margin', type=float, default=None, help='m (default: 0.5 for arcface, 0.4 for cosface)')
@@ -89,21 +97,32 @@ def parse_args(argv=None):
     g.add_argument('--focal-gamma', type=float, default=2.0)
     g = groups['run']
     g.add_argument('--evaluate', action='store_true', help='only verify --weights on --test-list and exit')
-    g.add_argument('--weights', default=None, help='checkpoint for --evaluate and --export-embeddings')
+    g.add_argument('--weights', default=None, help='checkpoint for --evaluate and --export-embeddings (or the '
+                   'released MobileFaceNet file)')
     g.add_argument('--export-embeddings', default=None, metavar='DIR',
                    help='embed every image under DIR with --weights into --out FILE.npz (keys: paths relative to DIR)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    mobilefacenet = args.backbone == 'mobilefacenet'  # its released input and embedding unless told otherwise
+    args.input = args.input or ('rgb112x96' if mobilefacenet else 'gray128')
+    args.embedding_size = args.embedding_size or (128 if mobilefacenet else 512)
+    if not mobilefacenet and INPUTS[args.input].height != INPUTS[args.input].width:
+        parser.error(f'--input {args.input} is for --backbone mobilefacenet; {args.backbone} takes square faces')
+    return args
 
 
 def face_transforms(input_name):
-    """(train, test) transforms of PIL images: the tutorial's gray 128 px pipeline, or RGB 112 px."""
+    """(train, test) transforms of PIL images for an input convention (common/models/recognition.py INPUTS): the
+    tutorial's gray 128 px pipeline, or RGB at the input's size."""
+    face = INPUTS[input_name]
+    normalize = T.Normalize([face.mean / 255] * face.channels, [face.std / 255] * face.channels)  # (p - mean) / std
     if input_name == 'gray128':
         train = T.Compose([T.Grayscale(), T.RandomHorizontalFlip(), T.Resize((144, 144)), T.RandomCrop(128),
-                           T.ToTensor(), T.Normalize([0.5], [0.5])])
-        test = T.Compose([T.Grayscale(), T.Resize((128, 128)), T.ToTensor(), T.Normalize([0.5], [0.5])])
+                           T.ToTensor(), normalize])
+        test = T.Compose([T.Grayscale(), T.Resize((128, 128)), T.ToTensor(), normalize])
         return train, test
-    train = T.Compose([T.RandomHorizontalFlip(), T.Resize((112, 112)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
-    test = T.Compose([T.Resize((112, 112)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+    size = (face.height, face.width)
+    train = T.Compose([T.RandomHorizontalFlip(), T.Resize(size), T.ToTensor(), normalize])
+    test = T.Compose([T.Resize(size), T.ToTensor(), normalize])
     return train, test
 
 
@@ -137,18 +156,14 @@ def verify(model, pairs, transform, args, rt, roc_path=None) -> dict:
 
 
 def load_backbone(args, rt):
-    """The embedding network of --weights (a checkpoint of this script: the network is rebuilt from its arch)."""
+    """The embedding network of --weights: a checkpoint of this script (the network is rebuilt from its arch) or the
+    released MobileFaceNet file (common/inference/recognizer.py)."""
     if not args.weights:
         runtime.fail('--evaluate and --export-embeddings need --weights W (a checkpoint of this script)')
     path = runtime.require_path(args.weights, '--weights', 'model file')
     try:
-        state = load_checkpoint(path)
-        arch = state.get('arch') if isinstance(state, dict) else None
-        if not isinstance(arch, dict) or arch.get('name') != 'recognition':
-            raise CheckpointError(f'{path}: not a recognition checkpoint of train_recognition.py (arch {arch})')
-        model = build_model(arch)
-        model.load_state_dict(extract_state_dict(state))
-    except (CheckpointError, RuntimeError) as e:
+        model, arch = load_recognition_model(path)
+    except CheckpointError as e:
         runtime.fail(f'--weights: {str(e).splitlines()[0]}')
     return model.to(rt.device, memory_format=rt.memory_format), arch
 

@@ -35,9 +35,10 @@ def make_step(args, device, channels_last: bool, amp_dtype):
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(arch).to(device, memory_format=layout).train()
     head = ArcFace(512, 1000).to(device)
-    channels, side = INPUTS[args.input]
+    face = INPUTS[args.input]
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch_size, channels, side, side, generator=generator).to(device, memory_format=layout)
+    images = torch.randn(args.batch_size, face.channels, face.height, face.width,
+                         generator=generator).to(device, memory_format=layout)
     labels = torch.randint(0, 1000, (args.batch_size,), generator=generator).to(device)
     criterion = SoftmaxFocalLoss(2.0)
     optimizer = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, weight_decay=5e-4)

@@ -110,9 +110,9 @@ def strip_module_prefix(state_dict: dict) -> dict:
 
 def extract_state_dict(obj) -> dict:
     """The model weights inside any of the layouts people pass around: ours ({'model': ...}), a training tar
-    ({'state_dict': ...}), or a bare state dict."""
+    ({'state_dict': ...}), the released MobileFaceNet's ({'epoch', 'net_state_dict'}), or a bare state dict."""
     if isinstance(obj, dict):
-        for key in ('model', 'state_dict', 'model_state_dict', 'net'):
+        for key in ('model', 'state_dict', 'model_state_dict', 'net', 'net_state_dict'):
             if key in obj and isinstance(obj[key], dict):
                 return strip_module_prefix(obj[key])
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -78,10 +78,12 @@ def class_colour(label: int) -> tuple:
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
-def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0), labels=None, names=None):
+def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0), labels=None, names=None,
+                    captions=None):
     """Draw detections on a copy of a BGR uint8 image: boxes (N,4) x1y1x2y2, scores (N,) as text above each box,
     landmarks (N,5,2) as five coloured dots; with `labels` (N,) class indices each box takes its class's colour and
-    its text the class name from `names` (torch tensors or numpy arrays, original-image pixels)."""
+    its text the class name from `names` (torch tensors or numpy arrays, original-image pixels); `captions` (N
+    strings, such as a face's name) are written after the score."""
     import cv2
     import numpy as np
 
@@ -98,6 +100,7 @@ def draw_detections(image, boxes, scores=None, landmarks=None, colour=(0, 255, 0
         cv2.rectangle(canvas, (x1, y1), (x2, y2), box_colour, thickness)
         text = [] if labels is None else [names[labels[i]] if names is not None else str(labels[i])]
         text += [] if scores is None else [f'{scores[i]:.2f}']
+        text += [] if captions is None else [captions[i]]
         if text:
             cv2.putText(canvas, ' '.join(text), (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                         0.4 * thickness, (255, 255, 255) if labels is None else box_colour, thickness, cv2.LINE_AA)

@@ -207,11 +207,13 @@ def read_predictions(pred_dir):
     return predictions
 
 
-def write_prediction_file(path, name: str, boxes_xyxy, scores, landmarks=None, integer_boxes: bool = False):
+def write_prediction_file(path, name: str, boxes_xyxy, scores, landmarks=None, integer_boxes: bool = False,
+                          names=None):
     """Write one image's detections in the official layout: the image name, the count, then `x y w h score` per
     face, best first, with `lx1 ly1 .. lx5 ly5` after the score when `landmarks` (N,5,2) are given (the evaluation
-    reads the first five columns). `integer_boxes` writes the boxes as Pytorch_Retinaface's test_widerface.py does,
-    x = int(x1), w = int(x2) - int(x1) (truncation toward zero); else 2 decimals. Scores keep 9 significant digits
+    reads the first five columns), and with `names` (N strings, whitespace written as _) one last column.
+    `integer_boxes` writes the boxes as Pytorch_Retinaface's test_widerface.py does, x = int(x1),
+    w = int(x2) - int(x1) (truncation toward zero); else 2 decimals. Scores keep 9 significant digits
     (every float32 exactly). Any number of faces, 0 included. Returns the (N,5) x y w h score rows as written."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1).astype(np.float64)
@@ -227,10 +229,11 @@ def write_prediction_file(path, name: str, boxes_xyxy, scores, landmarks=None, i
         formats += ['%.2f'] * 10
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = ' '.join(formats) + '\n'
+    line = ' '.join(formats)
+    names = [''] * len(table) if names is None else [' ' + '_'.join(str(n).split()) for n in names]
     with open(path, 'w') as f:
         f.write(f'{name}\n{len(table)}\n')
-        f.writelines(line % tuple(row) for row in table)
+        f.writelines(line % tuple(row) + label + '\n' for row, label in zip(table, names))
     return rows
 
 

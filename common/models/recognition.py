@@ -6,9 +6,15 @@ Backbones map an aligned face to an embedding (B, embedding_size), 512-d by defa
   PReLU, a 1x1 conv to 512 channels, a linear depthwise "global" conv, a linear layer, BatchNorm) for the recognition
   tutorial's 1x128x128 gray input: the stages end at 8x8, the 7x7 depthwise conv leaves 2x2, so the linear layer
   takes 2048 values (about 2.0M parameters); on 3x112x112 input the map ends at 7x7 and the conv is global.
+- MobileFaceNet (mobilefacenet.py): the published network in its PyTorch release's layout (its checkpoint loads as it
+  is), 128-d, on 112 x 96 SphereFace-aligned RGB faces (`rgb112x96`), or any input below.
 - IRSEResNet: insightface's IR-SE ResNet (pre-activation "improved residual" blocks with squeeze-and-excitation,
   stride 1 stem, a stride 2 at the start of each of 4 stages), with 18 / 34 / 50 / 100 layers; the head is
   BatchNorm, dropout, a linear layer from 512 x 8 x 8 (7 x 7 on 112 px) and BatchNorm.
+
+Inputs (INPUTS): how an aligned face becomes the network's input, recorded in every checkpoint's arch['input'], so
+verification, embedding export, detect.py's gallery and the ONNX export take it from the file. `FacePixels` puts the
+conversion in front of a network, for BGR 0..255 crops (detect.py, the .onnx file).
 
 Margin heads hold one weight vector per training identity and turn (embeddings, labels) into logits for a softmax
 loss: ArcFace s * cos(theta + m) for the true class (s 30, m 0.5), CosFace s * (cos(theta) - m) (s 30, m 0.4); the
@@ -16,14 +22,32 @@ other classes get s * cos(theta). Only the backbone is needed after training: `b
 from the checkpoint's arch dict.
 """
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# input name -> (channels, side): the tutorial's gray 128 px crops, or insightface's aligned RGB 112 px faces
-INPUTS = {'gray128': (1, 128), 'rgb112': (3, 112)}
-BACKBONES = ('fmobile', 'resnet')
+from .mobilefacenet import MobileFaceNet
+
+
+class FaceInput(NamedTuple):
+    """An input convention: crops of width x height aligned to `template` (common/align.py), `channels` 1 (gray)
+    or 3 (RGB), pixel p (0..255) entering the network as (p - mean) / std."""
+    channels: int
+    height: int
+    width: int
+    mean: float
+    std: float
+    template: str
+
+
+INPUTS = {
+    'gray128': FaceInput(1, 128, 128, 127.5, 127.5, 'arcface'),    # the recognition tutorial's gray 128 px crops
+    'rgb112': FaceInput(3, 112, 112, 127.5, 127.5, 'arcface'),     # insightface's aligned faces (.rec, .bin)
+    'rgb112x96': FaceInput(3, 112, 96, 127.5, 128.0, 'sphereface'),  # the released MobileFaceNet's
+}
+BACKBONES = ('fmobile', 'resnet', 'mobilefacenet')
 RESNET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 
 
@@ -131,18 +155,42 @@ class IRSEResNet(nn.Module):
 
 
 def build_recognition(arch: dict) -> nn.Module:
-    """The backbone an arch dict describes: {'name': 'recognition', 'backbone': 'fmobile' | 'resnet', 'input':
-    'gray128' | 'rgb112', 'embedding_size': 512, 'resnet_depth': 50, 'drop_ratio': 0.5}."""
+    """The backbone an arch dict describes: {'name': 'recognition', 'backbone': 'fmobile' | 'resnet' |
+    'mobilefacenet', 'input': 'gray128' | 'rgb112' | 'rgb112x96', 'embedding_size': 512, 'resnet_depth': 50,
+    'drop_ratio': 0.5}. FaceMobileNet and the ResNet take square inputs."""
     backbone, input_name = arch.get('backbone', 'fmobile'), arch.get('input', 'gray128')
     if input_name not in INPUTS:
         raise ValueError(f'unknown recognition input {input_name!r} (use {", ".join(INPUTS)})')
-    channels, side = INPUTS[input_name]
+    face = INPUTS[input_name]
     size = arch.get('embedding_size', 512)
+    if backbone == 'mobilefacenet':
+        return MobileFaceNet(size, face.channels, (face.height, face.width))
+    if backbone in ('fmobile', 'resnet') and face.height != face.width:
+        raise ValueError(f'recognition backbone {backbone!r} takes square inputs, not {input_name!r} (use '
+                         f'{", ".join(k for k, v in INPUTS.items() if v.height == v.width)})')
     if backbone == 'fmobile':
-        return FaceMobileNet(size, channels, side)
+        return FaceMobileNet(size, face.channels, face.height)
     if backbone == 'resnet':
-        return IRSEResNet(size, channels, side, arch.get('resnet_depth', 50), arch.get('drop_ratio', 0.5))
+        return IRSEResNet(size, face.channels, face.height, arch.get('resnet_depth', 50), arch.get('drop_ratio', 0.5))
     raise ValueError(f'unknown recognition backbone {backbone!r} (use {", ".join(BACKBONES)})')
+
+
+class FacePixels(nn.Module):
+    """(B, 3, H, W) aligned BGR crops, 0..255 -> the embedding network's output: the input convention `input_name`
+    applied in front of the network (gray as PIL computes it, 0.299 R + 0.587 G + 0.114 B, without its rounding)."""
+
+    def __init__(self, net: nn.Module, input_name: str):
+        super().__init__()
+        face = INPUTS[input_name]
+        self.net, self.gray, self.mean, self.std = net, face.channels == 1, face.mean, face.std
+
+    def forward(self, bgr):
+        bgr = bgr.float()
+        if self.gray:
+            pixels = 0.114 * bgr[:, 0:1] + 0.587 * bgr[:, 1:2] + 0.299 * bgr[:, 2:3]
+        else:
+            pixels = bgr.flip(1)  # to RGB
+        return self.net((pixels - self.mean) / self.std)
 
 
 # ---------------------------------------------------------------------------------------------------- margin heads
