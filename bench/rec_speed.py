@@ -24,20 +24,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms as T
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from common.data.face_crops import face_transforms  # noqa: E402
+from common.data.image_folder import ImageFolderDataset, SeededImageFolder  # noqa: E402
 from common.data.rec import RecordDataset, pack_image_folder, write_insightface_rec  # noqa: E402
-from common.image_folder import ImageFolderDataset, SeededImageFolder  # noqa: E402
 from common.loaders import make_loader, usable_cores  # noqa: E402
 from common.runtime import Runtime  # noqa: E402
 
-# train_recognition.py's --input rgb112 train transform (tests/test_rec_speed.py checks they are the same)
-RGB112_TRAIN = T.Compose([T.RandomHorizontalFlip(), T.Resize((112, 112)), T.ToTensor(),
-                          T.Normalize([0.5] * 3, [0.5] * 3)])
+RGB112_TRAIN = face_transforms('rgb112')[0]  # train_recognition.py --input rgb112's
 
 
 def face_like_jpegs(count: int, seed: int = 0) -> list[bytes]:

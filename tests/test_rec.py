@@ -14,7 +14,7 @@ from torch._utils import ExceptionWrapper
 
 from common.data.rec import MAGIC, RecordDataset, RecordFile, RecordIOError, frame_record, is_rec_folder, main, \
     pack_payload
-from common.image_folder import ImageFolderDataset
+from common.data.image_folder import ImageFolderDataset
 
 MAGIC_WORD = struct.pack('<I', 0xCED7230A)
 

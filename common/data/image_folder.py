@@ -62,10 +62,14 @@ class SeededImageFolder(ImageFolderDataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = self.loader(path)
-        if self.transform is not None:
-            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
-                image = self.transform(image)
-        return image, label
+        return seeded_transform(self.transform, self.loader(path), self.seed, self.epoch, index), label
+
+
+def seeded_transform(transform, image, seed: int, epoch: int, index: int):
+    """transform(image) under torch's generator seeded from (seed, epoch, index), the generator restored after."""
+    if transform is None:
+        return image
+    sample_seed = int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed)
+        return transform(image)

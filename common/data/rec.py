@@ -44,6 +44,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_folder import seeded_transform
+from .images import read_image
+
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack('<I', MAGIC)
 FRAME = struct.Struct('<II')           # magic, lrecord
@@ -407,12 +410,7 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image, label = self.load(index)
-        if self.transform is not None:
-            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
-                image = self.transform(image)
-        return image, label
+        return seeded_transform(self.transform, image, self.seed, self.epoch, index), label
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -488,13 +486,14 @@ def _encoded_face(path: str, size: int, encoding: str, quality: int) -> tuple[by
     """(bytes to store, how) for one source image: its own bytes when it already is a size x size image in the
     wanted encoding, else decoded, resized (squashed, as the training transforms resize) and encoded; (None, why)
     when it does not decode."""
-    raw = np.fromfile(path, np.uint8)  # np.fromfile + imdecode: paths OpenCV's imread cannot open (non-ASCII)
-    image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    image = read_image(path)
     if image is None:
         return None, 'does not decode'
-    kind = 'jpg' if raw[:3].tobytes() == b'\xff\xd8\xff' else 'png' if raw[:4].tobytes() == b'\x89PNG' else None
-    if image.shape[:2] == (size, size) and kind == encoding:
-        return raw.tobytes(), 'copied'
+    if image.shape[:2] == (size, size):
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head[:3] == b'\xff\xd8\xff' and encoding == 'jpg' or head == b'\x89PNG' and encoding == 'png':
+            return Path(path).read_bytes(), 'copied'
     interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_LINEAR
     image = cv2.resize(image, (size, size), interpolation=interpolation)
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == 'jpg' else []
