@@ -78,7 +78,7 @@ def main(argv=None):
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--workers', type=int, default=4, help="DataLoader workers (train_recognition.py's default; "
                         'capped at the usable cores as there)')
-    parser.add_argument('--rounds', type=int, default=2, help='epochs read from each, in turns')
+    parser.add_argument('--rounds', type=int, default=3, help='epochs read from each, in turns')
     parser.add_argument('--startup-images', type=int, default=100_000)
     parser.add_argument('--startup-identities', type=int, default=1000)
     parser.add_argument('--no-scan', action='store_true', help='skip the ImageFolder start-up (writes no files)')

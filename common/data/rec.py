@@ -1,7 +1,7 @@
 """insightface's training sets (MXNet RecordIO: train.rec + train.idx), read and written without mxnet.
 
     dataset = RecordDataset('data/faces_webface_112x112', transform=...)
-    # prints 'data/faces_webface_112x112/train.rec: 10572 identities, 490623 images (insightface layout ...)'
+    # prints 'data/faces_webface_112x112/train.rec: K identities, N images (insightface layout: ...)'
     python -m common.data.rec pack --source data/CASIA-WebFace --out data/casia_rec [--size 112] [--quality 95]
 
 The format (dmlc-core's RecordIO, as mxnet writes it; all little-endian):
