@@ -102,6 +102,13 @@ def test_lfw_command_scores_a_bin_with_a_checkpoint(shared_data, tmp_path, capsy
     assert f'{path} (10 pairs, 10 folds in file order): 10-fold accuracy' in out
     report = json.loads((tmp_path / 'r.json').read_text())
     assert report['pairs'] == 10 and 0 <= report['acc_10fold'] <= 1
+    # the released MobileFaceNet file as it is (96 x 112 input: columns 8-103 of the crops): the same-person pairs
+    # score well apart from 1 and from 0 (its threshold, between the two lowest, measured 0.54; an untrained
+    # network's sit near 1)
+    released = shared_data / 'weights' / 'mobilefacenet_068.ckpt'
+    assert lfw_main(['--bin', str(path), '--weights', str(released), '--device', 'cpu', '--json',
+                     str(tmp_path / 'm.json')]) == 0
+    assert 0.3 < json.loads((tmp_path / 'm.json').read_text())['threshold'] < 0.8
     # one line for each wrong request
     for argv, says in ((['--bin', str(tmp_path / 'none.bin'), '--weights', str(weights)], '--bin: verification .bin '
                         'not found'),
