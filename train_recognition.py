@@ -1,6 +1,7 @@
 """Face recognition: a FaceMobileNet or IR-SE ResNet embedding trained through an ArcFace or CosFace margin head on an
-ImageFolder of aligned faces (one folder per person), verified on LFW pairs after every epoch (the standard 10-fold
-accuracy, common/evaluation/lfw.py).
+ImageFolder of aligned faces (one folder per person) or an insightface training set (a folder with train.rec and
+train.idx, common/data/rec.py), verified on LFW pairs and insightface .bin sets after every epoch (the standard
+10-fold accuracy, common/evaluation/lfw.py).
 
 It grows from the "Build Your Own Face Recognition Model" chapter, whose knobs are flags with its defaults: gray
 1x128x128 input (Grayscale, RandomHorizontalFlip, Resize 144, RandomCrop 128, Normalize 0.5/0.5; test: Grayscale,
@@ -17,6 +18,9 @@ common/models/recognition.py; aligned faces from raw photos: python -m common.al
 Single device (CASIA-WebFace as an ImageFolder, LFW aligned to 128 px, either pair list):
     python train_recognition.py --data-root data/CASIA-WebFace --test-root data/lfw-align-128 \\
         --test-list data/lfw/pairs.txt
+insightface's sets (faces_emore: train.rec + train.idx, lfw.bin, cfp_fp.bin, agedb_30.bin beside them):
+    python train_recognition.py --data-root data/faces_emore --input rgb112 --test-bin data/faces_emore/lfw.bin \\
+        --test-bin data/faces_emore/cfp_fp.bin --test-bin data/faces_emore/agedb_30.bin
 Synthetic people on a CPU (made by `python -m common.synthetic identities --out data/identities --seed 0`):
     python train_recognition.py --data-root data/identities/train --test-root data/identities/test \\
         --test-list data/identities/pairs.txt --epochs 15 --device cpu
@@ -40,14 +44,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 
 from common import runtime
 from common.checkpoint import CheckpointError, CheckpointManager, resume_training, rng_states, unwrap
-from common.evaluation.lfw import PairsFormatError, cosine_scores, embed_images, read_pairs, roc_curve, \
-    unreadable_images, verification_report
+from common.evaluation.lfw import FOLDS, PairsFormatError, bin_scores, cosine_scores, embed_images, ordered_folds, \
+    read_pairs, roc_curve, unreadable_images, verification_report
+from common.data.face_crops import face_transforms
 from common.data.image_folder import SeededImageFolder
 from common.data.images import is_image_file, pil_image_problem
+from common.data.rec import RecordDataset, RecordIOError, is_rec_folder
+from common.data.verification_bin import VerificationBinError, read_verification_bin
 from common.inference.recognizer import load_recognition_model
 from common.loaders import make_loader
 from common.losses import SoftmaxFocalLoss
@@ -59,6 +65,8 @@ from common.run_dir import claim_run_dir
 from common.visualize import plot_roc
 
 RESULT_KEYS = ('acc_10fold', 'std_10fold', 'acc_best_threshold', 'threshold')
+BIN_KEYS = ('acc_10fold_', 'std_10fold_')  # + a .bin file's name: acc_10fold_lfw, std_10fold_cfp_fp, ...
+TEST_ROOT, TEST_LIST = 'data/lfw-align-128', 'data/lfw/pairs.txt'
 
 
 def parse_args(argv=None):
@@ -67,9 +75,14 @@ def parse_args(argv=None):
     groups = runtime.add_shared_flags(parser, data_root='data/CASIA-WebFace', out='runs/recognition', epochs=30,
                                       batch_size=64, lr=0.1, workers=4, eval_every=1, save_every=1)
     g = groups['data']
-    g.add_argument('--test-root', default='data/lfw-align-128', help='aligned test faces the pair list names')
-    g.add_argument('--test-list', default='data/lfw/pairs.txt',
-                   help='pairs: official pairs.txt or the tutorial\'s "a.jpg b.jpg label" list (told by content)')
+    g.add_argument('--test-root', default=None, help=f'aligned test faces the pair list names (default: {TEST_ROOT}, '
+                   f'unless only --test-bin is given)')
+    g.add_argument('--test-list', default=None,
+                   help='pairs: official pairs.txt or the tutorial\'s "a.jpg b.jpg label" list (told by content; '
+                        f'default: {TEST_LIST}, unless only --test-bin is given)')
+    g.add_argument('--test-bin', action='append', default=[], metavar='FILE',
+                   help='an insightface verification .bin (lfw.bin, cfp_fp.bin, ...) scored at every evaluation as '
+                        'acc_10fold_<name>; repeat for several')
     g.add_argument('--input', default=None, choices=list(INPUTS),
                    help='gray128: the tutorial\'s 1x128x128 (default); rgb112: 3x112x112 (insightface alignment); '
                    'rgb112x96: the released MobileFaceNet\'s 3x112x96 (SphereFace; its default)')
@@ -96,7 +109,7 @@ def parse_args(argv=None):
     g.add_argument('--loss', default='focal_loss', choices=['focal_loss', 'cross_entropy'])
     g.add_argument('--focal-gamma', type=float, default=2.0)
     g = groups['run']
-    g.add_argument('--evaluate', action='store_true', help='only verify --weights on --test-list and exit')
+    g.add_argument('--evaluate', action='store_true', help='only verify --weights on the test sets and exit')
     g.add_argument('--weights', default=None, help='checkpoint for --evaluate and --export-embeddings (or the '
                    'released MobileFaceNet file)')
     g.add_argument('--export-embeddings', default=None, metavar='DIR',
@@ -110,24 +123,12 @@ def parse_args(argv=None):
     return args
 
 
-def face_transforms(input_name):
-    """(train, test) transforms of PIL images for an input convention (common/models/recognition.py INPUTS): the
-    tutorial's gray 128 px pipeline, or RGB at the input's size."""
-    face = INPUTS[input_name]
-    normalize = T.Normalize([face.mean / 255] * face.channels, [face.std / 255] * face.channels)  # (p - mean) / std
-    if input_name == 'gray128':
-        train = T.Compose([T.Grayscale(), T.RandomHorizontalFlip(), T.Resize((144, 144)), T.RandomCrop(128),
-                           T.ToTensor(), normalize])
-        test = T.Compose([T.Grayscale(), T.Resize((128, 128)), T.ToTensor(), normalize])
-        return train, test
-    size = (face.height, face.width)
-    train = T.Compose([T.RandomHorizontalFlip(), T.Resize(size), T.ToTensor(), normalize])
-    test = T.Compose([T.Resize(size), T.ToTensor(), normalize])
-    return train, test
-
-
 def load_test_pairs(args):
-    """The pair list, after checking that every image it names is under --test-root and readable."""
+    """The pair list, after checking that every image it names is under --test-root and readable; None when only
+    --test-bin files are given."""
+    if args.test_bin and args.test_root is None and args.test_list is None:
+        return None
+    args.test_root, args.test_list = args.test_root or TEST_ROOT, args.test_list or TEST_LIST
     runtime.require_path(args.test_root, '--test-root', 'test image folder')
     runtime.require_path(args.test_list, '--test-list', 'pair list')
     try:
@@ -141,18 +142,44 @@ def load_test_pairs(args):
     return pairs
 
 
-def verify(model, pairs, transform, args, rt, roc_path=None) -> dict:
-    """10-fold verification accuracy (and the optimistic best-threshold one) of the model on the pairs."""
-    vectors = embed_images(unwrap(model), args.test_root, pairs.images(), transform, rt.device,
-                           batch_size=args.test_batch_size, workers=min(args.workers, 2), flip=args.flip,
-                           autocast=rt.autocast, memory_format=rt.memory_format)
-    scores = cosine_scores(vectors, pairs)
-    report = verification_report(scores, pairs.same, pairs.fold)
-    if roc_path:
-        fpr, tpr, auc = roc_curve(scores, pairs.same)
-        plot_roc(fpr, tpr, roc_path, label=f'AUC {auc:.4f}, 10-fold acc {report["acc_10fold"]:.4f}',
-                 title=f'ROC: {Path(args.test_list).name}')
-    return {k: report[k] for k in RESULT_KEYS}
+def load_test_bins(args) -> dict:
+    """{name: VerificationPairs} of each --test-bin file (name: the file's stem), its images decoded once and kept."""
+    bins = {}
+    for path in args.test_bin:
+        runtime.require_path(path, '--test-bin', 'verification .bin')
+        if Path(path).stem in bins:
+            runtime.fail(f'--test-bin {path}: a second file named {Path(path).stem} (results are keyed by the name)')
+        try:
+            bins[Path(path).stem] = pairs = read_verification_bin(path)
+        except VerificationBinError as e:
+            runtime.fail(f'--test-bin: {e}')
+        if len(pairs) < FOLDS:
+            runtime.fail(f'--test-bin {path}: {len(pairs)} pairs; the {FOLDS}-fold protocol needs at least {FOLDS}')
+    return bins
+
+
+def verify(model, pairs, bins, input_name, args, rt, roc_path=None) -> dict:
+    """10-fold verification accuracy of the model on the pair list (and the optimistic best-threshold one) and on
+    each .bin (acc_10fold_<name>, std_10fold_<name>: its folds in file order, as insightface takes them)."""
+    transform = face_transforms(input_name)[1]
+    options = dict(batch_size=args.test_batch_size, workers=min(args.workers, 2), flip=args.flip,
+                   autocast=rt.autocast, memory_format=rt.memory_format)
+    results = {}
+    if pairs is not None:
+        vectors = embed_images(unwrap(model), args.test_root, pairs.images(), transform, rt.device, **options)
+        scores = cosine_scores(vectors, pairs)
+        report = verification_report(scores, pairs.same, pairs.fold)
+        if roc_path:
+            fpr, tpr, auc = roc_curve(scores, pairs.same)
+            plot_roc(fpr, tpr, roc_path, label=f'AUC {auc:.4f}, 10-fold acc {report["acc_10fold"]:.4f}',
+                     title=f'ROC: {Path(args.test_list).name}')
+        results.update({k: report[k] for k in RESULT_KEYS})
+    for name, bin_pairs in bins.items():  # 112 x 112 ArcFace crops, fitted to the network's input (face_crops.py)
+        scores = bin_scores(unwrap(model), bin_pairs, face_transforms(input_name, arcface_crops=True)[1], rt.device,
+                            **options)
+        report = verification_report(scores, bin_pairs.same, ordered_folds(len(scores)))
+        results[f'acc_10fold_{name}'], results[f'std_10fold_{name}'] = report['acc_10fold'], report['std_10fold']
+    return results
 
 
 def load_backbone(args, rt):
@@ -199,24 +226,30 @@ def main(args):
         return export_embeddings(args, rt)
     if not args.evaluate:
         runtime.require_path(args.data_root, '--data-root', 'training image folder')
-    pairs = load_test_pairs(args)
+    pairs, bins = load_test_pairs(args), load_test_bins(args)
     out, where = claim_run_dir(args.out, resume=args.resume, exist_ok=args.exist_ok, rt=rt)  # never over a run
     args.out = str(out)  # args.json and the checkpoints record the directory written to
     rt.print(where)
     if args.evaluate:  # the network is rebuilt from the checkpoint's arch
         model, arch = load_backbone(args, rt)
-        results = verify(model, pairs, face_transforms(arch['input'])[1], args, rt, roc_path=out / 'roc.png')
+        results = verify(model, pairs, bins, arch['input'], args, rt, roc_path=out / 'roc.png')
         write_json(out / 'results.json', results)
         rt.print(f'results: {results} -> {out / "results.json"}')
         return results
+    # best.pt: the best 10-fold accuracy on the pair list, or on the first .bin without one
+    best_key = 'acc_10fold' if pairs is not None else f'acc_10fold_{next(iter(bins))}'
     if rt.is_main:
         write_json(out / 'args.json', plain_args(args))
 
-    # ------------------------------------------------------------ data: one folder per person, augmented per sample
-    train_transform, test_transform = face_transforms(args.input)
+    # ------------------------------------------------------------ data: one folder per person (or a .rec), augmented
+    rec = is_rec_folder(args.data_root)  # insightface's train.rec + train.idx: 112 x 112 ArcFace crops
+    train_transform = face_transforms(args.input, arcface_crops=rec)[0]
     try:
-        train_set = SeededImageFolder(args.data_root, train_transform, verbose=rt.is_main, seed=args.seed)
-    except FileNotFoundError as e:
+        if rec:
+            train_set = RecordDataset(args.data_root, train_transform, verbose=rt.is_main, seed=args.seed)
+        else:
+            train_set = SeededImageFolder(args.data_root, train_transform, verbose=rt.is_main, seed=args.seed)
+    except (FileNotFoundError, RecordIOError) as e:
         runtime.fail(f'--data-root: {e}')
     train_loader = make_loader(train_set, batch_size=args.batch_size, rt=rt, train=True, workers=args.workers,
                                seed=args.seed)
@@ -293,6 +326,8 @@ def main(args):
                 bar.set_postfix(meter.postfix(), refresh=False)
         except torch.cuda.OutOfMemoryError:
             runtime.fail(f'CUDA out of memory at --batch-size {args.batch_size}: lower it', 1)
+        except RecordIOError as e:  # a corrupt record met while training (a worker's error comes back as one line)
+            runtime.fail(f'--data-root: {e}')
         bar.close()
         elapsed = time.perf_counter() - started
         row = {'epoch': epoch, 'lr': lr, **meter.means(rt), 'images_per_s': meter.samples * rt.world_size / elapsed,
@@ -301,13 +336,13 @@ def main(args):
         # ------------------------------------------------------------ verify, log, save (rank 0)
         if (args.eval_every > 0 and epoch % args.eval_every == 0) or epoch == args.epochs:
             if rt.is_main:
-                row.update(verify(model, pairs, test_transform, args, rt,
+                row.update(verify(model, pairs, bins, args.input, args, rt,
                                   roc_path=out / 'roc.png' if epoch == args.epochs else None))
             rt.barrier()
         row['epoch_time_s'] = time.perf_counter() - started
         log.append(row)
-        is_best = 'acc_10fold' in row and (best is None or row['acc_10fold'] > best)
-        best = row['acc_10fold'] if is_best else best
+        is_best = best_key in row and (best is None or row[best_key] > best)
+        best = row[best_key] if is_best else best
         if rt.is_main:
             checkpoints.save({'model': unwrap(model).state_dict(), 'head': unwrap(head).state_dict(), 'arch': arch,
                               'classes': train_set.classes, 'optimizer': optimizer.state_dict(),
@@ -315,12 +350,13 @@ def main(args):
                               'step': scheduler.last_epoch, 'args': plain_args(args), 'metrics': log.rows,
                               'best': best, 'rng': rng_states()}, epoch, is_best=is_best)
             log.write()
-            log.plot(['loss'], ['acc_10fold', 'acc_best_threshold', 'train_acc'])
+            log.plot(['loss'], ['acc_10fold', 'acc_best_threshold', 'train_acc', *(f'acc_10fold_{b}' for b in bins)])
             rt.print(summary_line(row, args.epochs))
         rt.barrier()
 
     # ------------------------------------------------------------ results: the last verification
-    results = {k: log.rows[-1][k] for k in RESULT_KEYS if log.rows and k in log.rows[-1]}
+    last = log.rows[-1] if log.rows else {}
+    results = {k: v for k, v in last.items() if k in RESULT_KEYS or k.startswith(BIN_KEYS)}
     if rt.is_main:
         write_json(out / 'results.json', results)
         rt.print(f'results: {results} -> {out / "results.json"}')

@@ -62,10 +62,16 @@ class SeededImageFolder(ImageFolderDataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = self.loader(path)
-        if self.transform is not None:
-            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
-                image = self.transform(image)
-        return image, label
+        return seeded_transform(self.transform, self.loader(path), self.seed, self.epoch, index), label
+
+
+def seeded_transform(transform, image, seed: int, epoch: int, index: int):
+    """transform(image) under torch's CPU generator seeded from (seed, epoch, index), the generator restored after.
+    Only the CPU generator: torch.manual_seed would also reseed the CUDA ones (which fork_rng(devices=[]) does not
+    restore), at 100x the cost (0.3 ms of the 2 ms an rgb112 sample takes on one core)."""
+    if transform is None:
+        return image
+    sample_seed = int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(sample_seed)
+        return transform(image)

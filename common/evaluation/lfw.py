@@ -2,6 +2,7 @@
 
     python -m common.evaluation.lfw --pairs lfw/pairs.txt --embeddings lfw_embeddings.npz --json lfw.json \\
         --roc lfw_roc.png
+    python -m common.evaluation.lfw --bin data/faces_emore/lfw.bin --weights runs/recognition/best.pt --json lfw.json
 
 The .npz maps every image path as the pair list names it (`Name/Name_0001.jpg` for the official list) to its
 embedding (train_recognition.py --export-embeddings writes one; any model's vectors work). A path the list names but
@@ -14,6 +15,12 @@ Pair lists, told apart by their content:
 - the recognition tutorial's list (lfw_test_pair.txt): lines `a.jpg b.jpg label`, label 1 for the same person. It
   holds the official pairs with all positives first; the folds are balanced: fold k takes the k-th tenth of the
   positives and the k-th tenth of the negatives, which gives back the official sets for that file.
+
+insightface's verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...; common/data/verification_bin.py) hold the
+pairs as images 2i and 2i + 1; `--bin` scores one with any recognition file common/inference/recognizer.py loads (our
+checkpoints, the released MobileFaceNet), its 112 x 112 ArcFace crops fitted to the network's input
+(common/data/face_crops.py). Their folds are taken as insightface takes them: in file order, fold k the k-th tenth of
+the pairs.
 
 The protocol: score = cosine similarity; for each fold, the threshold that maximises accuracy on the other nine folds
 is chosen among the midpoints of their sorted distinct scores (the smallest on a tie), and the fold is scored with it
@@ -140,6 +147,16 @@ def _check_enough(path, same):
                                f'{FOLDS}-fold protocol needs at least {FOLDS} of each')
 
 
+def ordered_folds(count: int) -> np.ndarray:
+    """Fold of each of `count` pairs in file order, as insightface folds a .bin (scikit-learn's KFold without
+    shuffling): fold k is the k-th tenth, the first count % 10 folds one pair longer when 10 does not divide it."""
+    if count < FOLDS:
+        raise ValueError(f'{count} pairs; the {FOLDS}-fold protocol needs at least {FOLDS}')
+    sizes = np.full(FOLDS, count // FOLDS)
+    sizes[:count % FOLDS] += 1
+    return np.repeat(np.arange(FOLDS), sizes)
+
+
 def balanced_folds(same: np.ndarray) -> np.ndarray:
     """Fold of each pair when the file has no sets: the k-th tenth of the positives and of the negatives, in file
     order, make fold k."""
@@ -167,6 +184,13 @@ def cosine_scores(embeddings: dict, pairs: Pairs) -> np.ndarray:
     a = vectors[[index[p] for p in pairs.left]]
     b = vectors[[index[p] for p in pairs.right]]
     return np.einsum('ij,ij->i', a, b)
+
+
+def adjacent_scores(vectors: np.ndarray) -> np.ndarray:
+    """(N,) float64 cosine similarity of vectors 2i and 2i + 1 (a .bin's pairs)."""
+    vectors = np.asarray(vectors, np.float64)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.einsum('ij,ij->i', vectors[0::2], vectors[1::2])
 
 
 def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
@@ -235,6 +259,19 @@ class ImageList:
             return self.transform(image.convert('RGB')), index
 
 
+class ArrayImages:
+    """A map-style dataset of decoded RGB uint8 arrays (H, W, 3), each made a PIL image and transformed."""
+
+    def __init__(self, images, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.transform(Image.fromarray(self.images[index])), index
+
+
 def unreadable_images(root, paths) -> list[str]:
     """'path (why)' for each of root/path that is missing or cannot be decoded."""
     from ..data.images import pil_image_problem
@@ -247,15 +284,25 @@ def unreadable_images(root, paths) -> list[str]:
     return problems
 
 
-def embed_images(model, root, paths, transform, device, batch_size: int = 64, workers: int = 0, flip: bool = True,
-                 autocast=None, memory_format=None) -> dict:
-    """{path: unit-length float32 embedding} of root/path for each path, in batches; the flipped image's embedding
-    is added before normalising when `flip`. `autocast` (a context factory) and `memory_format` (the model's) are
-    the training run's. The model is put in eval mode (and left so)."""
+def embed_images(model, root, paths, transform, device, **options) -> dict:
+    """{path: unit-length float32 embedding} of root/path for each path (embed_dataset's options)."""
+    return dict(zip(paths, embed_dataset(model, ImageList(root, paths, transform), device, **options)))
+
+
+def embed_arrays(model, images, transform, device, **options) -> np.ndarray:
+    """(N, D) unit-length float32 embeddings of decoded RGB uint8 images (embed_dataset's options)."""
+    return embed_dataset(model, ArrayImages(images, transform), device, **options)
+
+
+def embed_dataset(model, dataset, device, batch_size: int = 64, workers: int = 0, flip: bool = True, autocast=None,
+                  memory_format=None) -> np.ndarray:
+    """(N, D) unit-length float32 embeddings of the (image, index) items of `dataset`, in batches; the flipped
+    image's embedding is added before normalising when `flip`. `autocast` (a context factory) and `memory_format`
+    (the model's) are the training run's. The model is put in eval mode (and left so)."""
     import torch  # here: the command line above scores vectors without torch
     model.eval()
-    loader = torch.utils.data.DataLoader(ImageList(root, paths, transform), batch_size=batch_size,
-                                         num_workers=workers, pin_memory=torch.device(device).type == 'cuda')
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         pin_memory=torch.device(device).type == 'cuda')
     vectors = []
     with torch.no_grad():
         for images, _ in loader:
@@ -265,8 +312,15 @@ def embed_images(model, root, paths, transform, device, batch_size: int = 64, wo
                 if flip:
                     embedding = embedding + model(torch.flip(images, dims=[3])).float()
             vectors.append(torch.nn.functional.normalize(embedding, dim=1).cpu())
-    vectors = torch.cat(vectors).numpy() if vectors else np.zeros((0, 0), np.float32)
-    return dict(zip(paths, vectors))
+    return torch.cat(vectors).numpy() if vectors else np.zeros((0, 0), np.float32)
+
+
+def bin_scores(model, pairs, transform, device, **options) -> np.ndarray:
+    """(N,) cosine scores of a model on a .bin's pairs (common/data/verification_bin.py VerificationPairs), its
+    images embedded through `transform` (for ArcFace crops: common/data/face_crops.py face_transforms(input,
+    arcface_crops=True)[1]) with embed_dataset's options. Score them with verification_report(scores, pairs.same,
+    ordered_folds(len(scores)))."""
+    return adjacent_scores(embed_arrays(model, pairs.images, transform, device, **options))
 
 
 # ---------------------------------------------------------------------------------------------------- the command
@@ -283,13 +337,8 @@ def _error(message: str) -> int:
     return 2
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m common.evaluation.lfw', description=__doc__.split('\n')[0])
-    parser.add_argument('--pairs', required=True, help='pairs.txt (official) or lfw_test_pair.txt (tutorial)')
-    parser.add_argument('--embeddings', required=True, help='.npz: image path as the pairs name it -> vector')
-    parser.add_argument('--json', default=None, help='write the report here')
-    parser.add_argument('--roc', default=None, help='write the ROC curve here (PNG)')
-    args = parser.parse_args(argv)
+def _pair_list_scores(args):
+    """(scores, same, folds, what) of --pairs with --embeddings, or an exit status after one error line."""
     for flag, path, kind in (('--pairs', args.pairs, 'pair list'), ('--embeddings', args.embeddings, 'embeddings')):
         if not Path(path).is_file():
             return _error(f'{flag}: {kind} not found: {path}')
@@ -307,16 +356,70 @@ def main(argv=None) -> int:
         return _error(f'--embeddings {args.embeddings}: {e}')
     except ValueError as e:  # vectors of different lengths
         return _error(f'--embeddings {args.embeddings}: {e}')
-    report = verification_report(scores, pairs.same, pairs.fold)
-    print(f'{pairs.path} ({pairs.format} format): {format_report(report)}')
+    return scores, pairs.same, pairs.fold, f'{pairs.path} ({pairs.format} format)'
+
+
+def _bin_scores(args):
+    """(scores, same, folds, what) of --bin embedded by --weights, or an exit status after one error line."""
+    for flag, path, kind in (('--bin', args.bin, 'verification .bin'), ('--weights', args.weights, 'model file')):
+        if not path or not Path(path).is_file():
+            return _error(f'{flag}: {kind} not found: {path}' if path else f'{flag} is needed with --bin/--weights')
+    import torch
+    from ..checkpoint import CheckpointError
+    from ..data.face_crops import face_transforms
+    from ..data.verification_bin import VerificationBinError, read_verification_bin
+    from ..inference.recognizer import load_recognition_model
+    from ..runtime import select_device
+    try:
+        pairs = read_verification_bin(args.bin)
+        folds = ordered_folds(len(pairs))
+    except (VerificationBinError, ValueError) as e:
+        return _error(f'--bin: {e}')
+    device = select_device(args.device)
+    try:
+        model, arch = load_recognition_model(args.weights, device)
+    except CheckpointError as e:
+        return _error(f'--weights: {str(e).splitlines()[0]}')
+    if not isinstance(model, torch.nn.Module):
+        return _error(f'--weights {args.weights}: an .onnx file; --bin scores PyTorch files (the checkpoint it came '
+                      f'from)')
+    scores = bin_scores(model, pairs, face_transforms(arch['input'], arcface_crops=True)[1], device,
+                        batch_size=args.batch_size, flip=args.flip)
+    return scores, pairs.same, folds, f'{pairs.path} ({len(pairs)} pairs, {FOLDS} folds in file order)'
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m common.evaluation.lfw', description=__doc__.split('\n')[0])
+    parser.add_argument('--pairs', help='pairs.txt (official) or lfw_test_pair.txt (tutorial), with --embeddings')
+    parser.add_argument('--embeddings', help='.npz: image path as the pairs name it -> vector')
+    parser.add_argument('--bin', help='an insightface verification .bin (lfw.bin, cfp_fp.bin, ...), with --weights')
+    parser.add_argument('--weights', help='a recognition checkpoint of ours (train_recognition.py, '
+                        'common.models.convert) or the released MobileFaceNet file, to embed the --bin images with')
+    parser.add_argument('--device', default='auto', help='--bin: auto, cpu, cuda, cuda:N or mps')
+    parser.add_argument('--batch-size', type=int, default=60, help='--bin: images per forward pass')
+    parser.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True,
+                        help='--bin: add the mirror image\'s embedding before normalising')
+    parser.add_argument('--json', default=None, help='write the report here')
+    parser.add_argument('--roc', default=None, help='write the ROC curve here (PNG)')
+    args = parser.parse_args(argv)
+    if (args.bin or args.weights) and (args.pairs or args.embeddings):
+        return _error('--pairs/--embeddings score a pair list, --bin/--weights a .bin: give one of the two')
+    if not (args.bin or args.weights or (args.pairs and args.embeddings)):
+        return _error('give --pairs LIST --embeddings NPZ, or --bin FILE --weights CHECKPOINT')
+    scored = _bin_scores(args) if args.bin or args.weights else _pair_list_scores(args)
+    if isinstance(scored, int):
+        return scored
+    scores, same, fold, what = scored
+    report = verification_report(scores, same, fold)
+    print(f'{what}: {format_report(report)}')
     print(json.dumps({k: report[k] for k in ('acc_10fold', 'std_10fold', 'acc_best_threshold', 'threshold')}))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
     if args.roc:
         from ..visualize import plot_roc
-        fpr, tpr, auc = roc_curve(scores, pairs.same)
+        fpr, tpr, auc = roc_curve(scores, same)
         plot_roc(fpr, tpr, args.roc, label=f'AUC {auc:.4f}, 10-fold acc {report["acc_10fold"]:.4f}',
-                 title=f'ROC: {Path(args.pairs).name}')
+                 title=f'ROC: {Path(args.pairs or args.bin).name}')
     return 0
 
 
