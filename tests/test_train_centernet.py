@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_input import bad_weights_files, check_weights_flags
+from bad_input import bad_weights_files, check_weights_flags, run_main
 from common.checkpoint import load_checkpoint
 from common.synthetic import make_widerface
 
@@ -27,7 +27,9 @@ def tiny_widerface(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
+def test_train_resume_and_evaluate(tiny_widerface, tmp_path, capsys):
+    """The first run as a user runs it; the resumed run and the evaluation in this process (the same code as the
+    command line, without another interpreter's start)."""
     out = tmp_path / 'run'
     common = ['--data-root', tiny_widerface, '--out', out, '--image-size', '96', '--batch-size', '4', '--workers', '0',
               '--device', 'cpu', *SMALL_NET]
@@ -37,9 +39,9 @@ def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
     state = load_checkpoint(out / 'last.pt')
     assert state['epoch'] == 1 and state['step'] == 3 and state['arch']['name'] == 'centerface'
 
-    resumed = run(*common, '--epochs', '2', '--resume')
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert 'resumed from' in resumed.stdout
+    status, stdout, err = run_main('train_centernet', [*common, '--epochs', '2', '--resume'], capsys)
+    assert status == 0, err[-3000:]
+    assert 'resumed from' in stdout
     state = load_checkpoint(out / 'last.pt')
     assert state['epoch'] == 2 and state['step'] == 6
     rows = (out / 'metrics.csv').read_text().splitlines()
@@ -48,9 +50,10 @@ def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
     assert set(results) == {'easy', 'medium', 'hard'} and all(0 <= v <= 1 for v in results.values())
 
     evaluated = tmp_path / 'eval'
-    only = run('--data-root', tiny_widerface, '--out', evaluated, '--evaluate', '--weights', out / 'last.pt',
-               '--device', 'cpu', '--workers', '0')
-    assert only.returncode == 0, only.stderr[-3000:]
+    status, _, err = run_main('train_centernet', ['--data-root', tiny_widerface, '--out', evaluated, '--evaluate',
+                                                  '--weights', out / 'last.pt', '--device', 'cpu', '--workers', '0'],
+                              capsys)
+    assert status == 0, err[-3000:]
     assert set(json.loads((evaluated / 'results.json').read_text())) == {'easy', 'medium', 'hard'}
     val_images = (tiny_widerface / 'val' / 'label.txt').read_text().count('#')
     pred_files = list((evaluated / 'predictions').glob('*/*.txt'))
