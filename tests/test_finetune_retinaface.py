@@ -121,7 +121,7 @@ def test_missing_data_root_is_one_line_exit_2(tmp_path, repo_root):
     assert result.stderr.strip().count('\n') == 0 and '--data-root' in result.stderr and 'nowhere' in result.stderr
 
 
-def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, repo_root):
+def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, capsys):
     bad = tmp_path / 'bad'
     (bad / 'train').mkdir(parents=True)
     os.symlink(tiny_wider / 'train' / 'images', bad / 'train' / 'images')
@@ -129,9 +129,9 @@ def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, rep
     face_line = next(i for i, line in enumerate(lines) if not line.startswith('#'))
     lines[face_line] = '10 20 30'  # three numbers: not a face line
     (bad / 'train' / 'label.txt').write_text('\n'.join(lines) + '\n')
-    result = run(repo_root, '--data-root', bad, '--out', tmp_path / 'o', *FAST)
-    assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert f'label.txt:{face_line + 1}:' in result.stderr
+    status, _, err = run_main('finetune_retinaface', ['--data-root', bad, '--out', tmp_path / 'o', *FAST], capsys)
+    assert status == 2 and 'Traceback' not in err
+    assert f'label.txt:{face_line + 1}:' in err
 
 
 @pytest.mark.parametrize('kind', ['truncated', 'empty', 'jpeg'])
