@@ -25,6 +25,12 @@ def pytest_configure(config):
                             'seconds (resume, torchrun, export, real data); deselect with -m "not slow"')
 
 
+def pytest_collection_modifyitems(items):
+    """The learning tests (test_learns_*, a minute or two each) run first: started last, one of them would keep a
+    worker busy while the other has nothing left; started first, the workers share out the short tests at the end."""
+    items.sort(key=lambda item: not item.name.startswith('test_learns_'))
+
+
 @pytest.fixture
 def shared_data():
     """Path to ../shared/data; the test is skipped when it is absent (a user's fresh clone has none)."""

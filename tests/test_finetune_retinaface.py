@@ -151,15 +151,18 @@ def test_bad_pretrained_file_from_the_command_line(tiny_wider, tmp_path, repo_ro
 
 @pytest.mark.slow
 def test_learns_synthetic_faces(tmp_path, repo_root):
-    """From scratch on 200 synthetic images, 12 epochs at 256 px (150 steps), the default recipe: RetinaFace must
-    find faces it never saw. Measured Easy / Medium AP 0.60 / 0.51 and 0.62 / 0.60 (seeds 0 and 1), about 1.5
-    minutes on one thread; an untrained network scores about 0.002. The README's acceptance run (600 images,
-    30 epochs) goes on to Easy 0.999."""
+    """From scratch on 200 synthetic images, 8 epochs at 256 px in batches of 8 (200 steps) after a 1-epoch warm-up,
+    the default recipe otherwise: RetinaFace must find faces it never saw. Measured Easy / Medium AP 0.46 / 0.38,
+    0.27 / 0.41 and 0.50 / 0.35 (data seed and --seed 0, 1, 2) on one thread; 0.000-0.001 after 2 epochs, as
+    untrained. The default 12 epochs in batches of 16 after a 5-epoch warm-up (half again the time) reached
+    0.65 / 0.58 on seed 0, most of it in the last 4 epochs. The README's acceptance run (600 images, 30 epochs) goes
+    on to Easy 0.999."""
     data = tmp_path / 'data'
     make_widerface(data, num_images=200, seed=0)
     out = tmp_path / 'learn'
-    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 256, '--epochs', 12, '--batch-size', 16,
-                 '--workers', 1, '--device', 'cpu', '--seed', 0, '--eval-every', 0, '--save-every', 0, timeout=1200)
+    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 256, '--epochs', 8, '--batch-size', 8,
+                 '--warmup-epochs', 1, '--workers', 1, '--device', 'cpu', '--seed', 0, '--eval-every', 0,
+                 '--save-every', 0, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['easy'] >= 0.35 and results['medium'] >= 0.3, results
+    assert results['easy'] >= 0.15 and results['medium'] >= 0.15, results
