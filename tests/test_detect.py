@@ -17,6 +17,13 @@ def run_detect(repo_root, *args):
                           cwd=repo_root, capture_output=True, text=True, timeout=300)
 
 
+def detect_here(capsys, *args):
+    """detect.py's main in this process (the code the command line runs, without another interpreter's start) ->
+    (exit status, stdout, stderr)."""
+    from bad_input import run_main
+    return run_main('detect', ['--device', 'cpu', *args], capsys)
+
+
 def read_txt(path):
     lines = path.read_text().splitlines()
     rows = np.array([[float(v) for v in line.split()] for line in lines[2:]]).reshape(-1, 15)
@@ -59,7 +66,7 @@ def test_folder_with_non_images_and_txt_format(repo_root, shared_data, weights, 
 
 
 @pytest.mark.slow
-def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_path):
+def test_our_checkpoint_batches_and_video(shared_data, weights, tmp_path, capsys):
     state = torch.load(weights, map_location='cpu', weights_only=True)
     checkpoint = tmp_path / 'best.pt'
     torch.save({'model': state, 'arch': MNET, 'epoch': 1}, checkpoint)
@@ -69,11 +76,12 @@ def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_p
     cv2.imwrite(str(source / 'a_big.png'), photo)
     cv2.imwrite(str(source / 'b_small.png'), cv2.resize(photo, (640, 443)))
 
-    single = run_detect(repo_root, '--weights', checkpoint, '--source', source / 'a_big.png', '--out',
-                        tmp_path / 'single', '--save-txt', '--no-save')
-    batched = run_detect(repo_root, '--weights', checkpoint, '--source', source, '--out', tmp_path / 'batched',
-                         '--save-txt', '--batch-size', '2')
-    assert single.returncode == 0 and batched.returncode == 0, single.stderr + batched.stderr
+    status, _, err = detect_here(capsys, '--weights', checkpoint, '--source', source / 'a_big.png', '--out',
+                                 tmp_path / 'single', '--save-txt', '--no-save')
+    assert status == 0, err[-3000:]
+    status, _, err = detect_here(capsys, '--weights', checkpoint, '--source', source, '--out', tmp_path / 'batched',
+                                 '--save-txt', '--batch-size', '2')
+    assert status == 0, err[-3000:]
     _, alone = read_txt(tmp_path / 'single' / 'a_big.txt')
     _, together = read_txt(tmp_path / 'batched' / 'a_big.txt')
     assert len(alone) == len(together) == 6  # the larger image needs no padding: same detections in a batch
@@ -91,10 +99,10 @@ def test_our_checkpoint_batches_and_video(repo_root, shared_data, weights, tmp_p
     for _ in range(3):
         writer.write(small_frame)
     writer.release()
-    proc = run_detect(repo_root, '--weights', checkpoint, '--source', video, '--out', tmp_path / 'video',
-                      '--max-frames', '2')
-    assert proc.returncode == 0, proc.stderr
-    assert '2 images' in proc.stdout and (tmp_path / 'video' / 'clip.mp4').stat().st_size > 0
+    status, stdout, err = detect_here(capsys, '--weights', checkpoint, '--source', video, '--out', tmp_path / 'video',
+                                      '--max-frames', '2')
+    assert status == 0, err[-3000:]
+    assert '2 images' in stdout and (tmp_path / 'video' / 'clip.mp4').stat().st_size > 0
 
 
 @pytest.mark.slow

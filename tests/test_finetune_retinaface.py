@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bad_input import assert_one_line_naming, bad_weights_files, check_weights_flags
+from bad_input import assert_one_line_naming, bad_weights_files, check_weights_flags, run_main
 from common.checkpoint import load_checkpoint
 from common.synthetic import make_widerface
 
@@ -28,7 +28,8 @@ def tiny_wider(tmp_path_factory):
 
 
 def run(repo_root, *args, timeout=600, torchrun=0):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1' if torchrun else '2'}
+    # one thread per process under torchrun and in the suite's workers (conftest.py sets it there), else two
+    env = {**os.environ, 'OMP_NUM_THREADS': '1' if torchrun else os.environ.get('OMP_NUM_THREADS', '2')}
     command = [sys.executable, str(repo_root / 'finetune_retinaface.py'), *map(str, args)]
     if torchrun:
         command[1:1] = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}']
@@ -45,28 +46,31 @@ FAST = ('--image-size', 160, '--batch-size', 8, '--workers', 0, '--device', 'cpu
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_bit_exact_then_evaluates(tiny_wider, tmp_path, repo_root):
+def test_killed_run_resumes_bit_exact_then_evaluates(tiny_wider, tmp_path, repo_root, capsys):
     """A run SIGKILLed after its first epoch and resumed with --resume ends with the same weights, to the bit, as
     an uninterrupted run with the same seed: weights, optimiser, LR schedule, random generators and the
-    augmentation draws all continue where the checkpoint left them."""
+    augmentation draws all continue where the checkpoint left them. (The runs other than the killed one run in this
+    process: the same code as the command line, without another interpreter's start.)"""
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
-    first = run(repo_root, '--data-root', tiny_wider, '--out', straight, '--epochs', 3, *FAST)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert 'WIDER train: 25 images' in first.stdout  # the image without faces is a training sample
+    status, out, err = run_main('finetune_retinaface', ['--data-root', tiny_wider, '--out', straight, '--epochs', 3,
+                                                        *FAST], capsys)
+    assert status == 0, err[-3000:]
+    assert 'WIDER train: 25 images' in out  # the image without faces is a training sample
 
     child = subprocess.Popen([sys.executable, str(repo_root / 'finetune_retinaface.py'), '--data-root',
                               str(tiny_wider), '--out', str(killed), '--epochs', '3', *map(str, FAST)],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=repo_root,
-                             env={**os.environ, 'OMP_NUM_THREADS': '2'})
+                             env={**os.environ, 'OMP_NUM_THREADS': str(torch.get_num_threads())})  # same sums as here
     for line in child.stdout:
         if 'epoch 1/3 loss' in line:  # the summary line, printed after the checkpoint is written
             child.send_signal(signal.SIGKILL)
             break
     child.wait()
     assert load_checkpoint(killed / 'last.pt')['epoch'] in (1, 2)
-    resumed = run(repo_root, '--data-root', tiny_wider, '--out', killed, '--epochs', 3, *FAST, '--resume')
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert 'resumed from' in resumed.stdout
+    status, out, err = run_main('finetune_retinaface', ['--data-root', tiny_wider, '--out', killed, '--epochs', 3,
+                                                        *FAST, '--resume'], capsys)
+    assert status == 0, err[-3000:]
+    assert 'resumed from' in out
 
     a, b = load_checkpoint(straight / 'last.pt'), load_checkpoint(killed / 'last.pt')
     assert a['epoch'] == b['epoch'] == 3 and a['step'] == b['step'] == 9
@@ -91,9 +95,11 @@ def test_killed_run_resumes_bit_exact_then_evaluates(tiny_wider, tmp_path, repo_
     assert all(len(line.split()) == 5 and all(v.lstrip('-').isdigit() for v in line.split()[:4]) for line in lines[2:])
 
     # evaluation only, the network rebuilt from the checkpoint's arch: the same numbers
-    evaluated = run(repo_root, '--data-root', tiny_wider, '--out', tmp_path / 'eval', '--evaluate', '--weights',
-                    straight / 'last.pt', '--device', 'cpu', '--workers', 0, '--top-k', 300, '--keep-top-k', 100)
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    status, _, err = run_main('finetune_retinaface', ['--data-root', tiny_wider, '--out', tmp_path / 'eval',
+                                                      '--evaluate', '--weights', straight / 'last.pt', '--device',
+                                                      'cpu', '--workers', 0, '--top-k', 300, '--keep-top-k', 100],
+                              capsys)
+    assert status == 0, err[-3000:]
     assert json.loads((tmp_path / 'eval' / 'results.json').read_text()) == pytest.approx(results, abs=1e-9)
 
 
@@ -115,7 +121,7 @@ def test_missing_data_root_is_one_line_exit_2(tmp_path, repo_root):
     assert result.stderr.strip().count('\n') == 0 and '--data-root' in result.stderr and 'nowhere' in result.stderr
 
 
-def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, repo_root):
+def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, capsys):
     bad = tmp_path / 'bad'
     (bad / 'train').mkdir(parents=True)
     os.symlink(tiny_wider / 'train' / 'images', bad / 'train' / 'images')
@@ -123,9 +129,9 @@ def test_malformed_label_line_stops_with_file_and_line(tiny_wider, tmp_path, rep
     face_line = next(i for i, line in enumerate(lines) if not line.startswith('#'))
     lines[face_line] = '10 20 30'  # three numbers: not a face line
     (bad / 'train' / 'label.txt').write_text('\n'.join(lines) + '\n')
-    result = run(repo_root, '--data-root', bad, '--out', tmp_path / 'o', *FAST)
-    assert result.returncode == 2 and 'Traceback' not in result.stderr
-    assert f'label.txt:{face_line + 1}:' in result.stderr
+    status, _, err = run_main('finetune_retinaface', ['--data-root', bad, '--out', tmp_path / 'o', *FAST], capsys)
+    assert status == 2 and 'Traceback' not in err
+    assert f'label.txt:{face_line + 1}:' in err
 
 
 @pytest.mark.parametrize('kind', ['truncated', 'empty', 'jpeg'])
@@ -145,15 +151,18 @@ def test_bad_pretrained_file_from_the_command_line(tiny_wider, tmp_path, repo_ro
 
 @pytest.mark.slow
 def test_learns_synthetic_faces(tmp_path, repo_root):
-    """From scratch on 200 synthetic images, 12 epochs at 256 px (150 steps), the default recipe: RetinaFace must
-    find faces it never saw. Measured Easy / Medium AP 0.60 / 0.51 and 0.62 / 0.60 (seeds 0 and 1), about 1.5
-    minutes on one thread; an untrained network scores about 0.002. The README's acceptance run (600 images,
-    30 epochs) goes on to Easy 0.999."""
+    """From scratch on 200 synthetic images, 8 epochs at 256 px in batches of 8 (200 steps) after a 1-epoch warm-up,
+    the default recipe otherwise: RetinaFace must find faces it never saw. Measured Easy / Medium AP 0.46 / 0.38,
+    0.27 / 0.41 and 0.50 / 0.35 (data seed and --seed 0, 1, 2) on one thread; 0.000-0.001 after 2 epochs, as
+    untrained. The default 12 epochs in batches of 16 after a 5-epoch warm-up (half again the time) reached
+    0.65 / 0.58 on seed 0, most of it in the last 4 epochs. The README's acceptance run (600 images, 30 epochs) goes
+    on to Easy 0.999."""
     data = tmp_path / 'data'
     make_widerface(data, num_images=200, seed=0)
     out = tmp_path / 'learn'
-    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 256, '--epochs', 12, '--batch-size', 16,
-                 '--workers', 1, '--device', 'cpu', '--seed', 0, '--eval-every', 0, '--save-every', 0, timeout=1200)
+    result = run(repo_root, '--data-root', data, '--out', out, '--image-size', 256, '--epochs', 8, '--batch-size', 8,
+                 '--warmup-epochs', 1, '--workers', 1, '--device', 'cpu', '--seed', 0, '--eval-every', 0,
+                 '--save-every', 0, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['easy'] >= 0.35 and results['medium'] >= 0.3, results
+    assert results['easy'] >= 0.15 and results['medium'] >= 0.15, results

@@ -29,7 +29,7 @@ def test_hack_it_gradient_accumulation_diff_applies_and_trains(tmp_path, repo_ro
 
     data = make_widerface(tmp_path / 'data', num_images=24, seed=3)
     out = tmp_path / 'run'
-    env = {**os.environ, 'PYTHONPATH': str(repo_root), 'OMP_NUM_THREADS': '2'}
+    env = {**os.environ, 'PYTHONPATH': str(repo_root), 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '2')}
     result = subprocess.run([sys.executable, str(tmp_path / 'finetune_retinaface_accumulate.py'), '--data-root',
                              str(data), '--out', str(out), '--epochs', '1', '--batch-size', '4', '--accumulate', '2',
                              '--image-size', '96', '--workers', '0', '--device', 'cpu', '--eval-every', '0'],

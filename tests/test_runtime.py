@@ -1,7 +1,4 @@
 """Device choice, bad-flag messages and precision selection."""
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -44,12 +41,12 @@ def test_amp_is_full_precision_on_cpu_and_scaler_is_a_no_op():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-@pytest.mark.parametrize('script', ['finetune_retinaface.py', 'train_centernet.py'])
-def test_bad_device_flag_is_one_line_exit_2(tmp_path, repo_root, script):
+@pytest.mark.parametrize('script', ['finetune_retinaface', 'train_centernet'])
+def test_bad_device_flag_is_one_line_exit_2(tmp_path, script, capsys):
+    from bad_input import main_exit  # the script's main() in this process: the code the command line runs
     data = tmp_path / 'data'
     data.mkdir()
-    result = subprocess.run([sys.executable, str(repo_root / script), '--data-root', str(data), '--out',
-                             str(tmp_path / 'run'), '--device', 'nonsense'], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert 'Traceback' not in result.stderr and '--device' in result.stderr
-    assert result.stderr.strip().count('\n') == 0
+    status, err = main_exit(script, ['--data-root', data, '--out', tmp_path / 'run', '--device', 'nonsense'], capsys)
+    assert status == 2
+    assert 'Traceback' not in err and '--device' in err
+    assert err.strip().count('\n') == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_input import bad_weights_files, check_weights_flags
+from bad_input import bad_weights_files, check_weights_flags, run_main
 from common.checkpoint import load_checkpoint
 from common.synthetic import make_widerface
 
@@ -27,7 +27,9 @@ def tiny_widerface(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
+def test_train_resume_and_evaluate(tiny_widerface, tmp_path, capsys):
+    """The first run as a user runs it; the resumed run and the evaluation in this process (the same code as the
+    command line, without another interpreter's start)."""
     out = tmp_path / 'run'
     common = ['--data-root', tiny_widerface, '--out', out, '--image-size', '96', '--batch-size', '4', '--workers', '0',
               '--device', 'cpu', *SMALL_NET]
@@ -37,9 +39,9 @@ def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
     state = load_checkpoint(out / 'last.pt')
     assert state['epoch'] == 1 and state['step'] == 3 and state['arch']['name'] == 'centerface'
 
-    resumed = run(*common, '--epochs', '2', '--resume')
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert 'resumed from' in resumed.stdout
+    status, stdout, err = run_main('train_centernet', [*common, '--epochs', '2', '--resume'], capsys)
+    assert status == 0, err[-3000:]
+    assert 'resumed from' in stdout
     state = load_checkpoint(out / 'last.pt')
     assert state['epoch'] == 2 and state['step'] == 6
     rows = (out / 'metrics.csv').read_text().splitlines()
@@ -48,9 +50,10 @@ def test_train_resume_and_evaluate(tiny_widerface, tmp_path):
     assert set(results) == {'easy', 'medium', 'hard'} and all(0 <= v <= 1 for v in results.values())
 
     evaluated = tmp_path / 'eval'
-    only = run('--data-root', tiny_widerface, '--out', evaluated, '--evaluate', '--weights', out / 'last.pt',
-               '--device', 'cpu', '--workers', '0')
-    assert only.returncode == 0, only.stderr[-3000:]
+    status, _, err = run_main('train_centernet', ['--data-root', tiny_widerface, '--out', evaluated, '--evaluate',
+                                                  '--weights', out / 'last.pt', '--device', 'cpu', '--workers', '0'],
+                              capsys)
+    assert status == 0, err[-3000:]
     assert set(json.loads((evaluated / 'results.json').read_text())) == {'easy', 'medium', 'hard'}
     val_images = (tiny_widerface / 'val' / 'label.txt').read_text().count('#')
     pred_files = list((evaluated / 'predictions').glob('*/*.txt'))
@@ -76,17 +79,18 @@ def test_bad_weights_files_are_one_line_exit_2(kind, tiny_widerface, tmp_path, c
 
 @pytest.mark.slow
 def test_learns_synthetic_faces(tmp_path):
-    """From scratch on 300 synthetic images, 8 epochs at 160 px (152 steps), the default network and recipe,
-    evaluated with the long side at 256 px: CenterFace must find faces it never saw. Measured at 8 epochs Medium /
-    Hard AP 0.21 / 0.18 (seed 0, CPU-2a, 3.3 minutes); at 10 epochs 0.32 / 0.29 and 0.26 / 0.22 (seeds 0 and 1)
-    and 0.16 / 0.17 (data seed 1); an untrained network scores about 0.0. Easy (the large faces) is the slowest to
-    start at this budget (0.27 at 8 epochs; 0.29, 0.30, 0.04 in the 10-epoch runs), so the floor is on Medium and
-    Hard; the README's acceptance run (400 images, 20 epochs at 256 px) reaches Easy 0.92."""
+    """From scratch on 300 synthetic images, 5 epochs at 128 px in batches of 4 (375 steps), the default network and
+    recipe, evaluated with the long side at 256 px: CenterFace must find faces it never saw. Measured Medium / Hard
+    AP 0.17 / 0.16 (data seed 0, --seed 0), 0.35 / 0.28 (data 0, --seed 1), 0.46 / 0.38 (data 1, --seed 1) and
+    0.33 / 0.28 (data 2, --seed 2) on one thread; after its first epoch (75 steps, in warm-up) 0.001-0.012, and
+    about 0.0 untrained. Steps, not images, set the pace here: batches of 16 for 8 epochs at 160 px (152 steps,
+    twice the time) reached only 0.12 / 0.10. Easy (the large faces) starts last (0.01-0.45), so the floor is on
+    Medium and Hard; the README's acceptance run (400 images, 20 epochs at 256 px) reaches Easy 0.92."""
     data = make_widerface(tmp_path / 'widerface', num_images=300, seed=0)
     out = tmp_path / 'run'
-    result = run('--data-root', data, '--out', out, '--image-size', '160', '--epochs', '8', '--batch-size', '16',
+    result = run('--data-root', data, '--out', out, '--image-size', '128', '--epochs', '5', '--batch-size', '4',
                  '--workers', '1', '--device', 'cpu', '--eval-every', '0', '--save-every', '0', '--max-size', '256',
                  timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['medium'] >= 0.08 and results['hard'] >= 0.08, results
+    assert results['medium'] >= 0.06 and results['hard'] >= 0.06, results

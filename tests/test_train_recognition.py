@@ -28,15 +28,16 @@ def main_exit(argv, capsys):
 
 def run(*args, module=None, timeout=300):
     """train_recognition.py (or `python -m module`) with these flags."""
-    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '2'}
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '2')}
     command = [sys.executable, *(['-m', module] if module else [str(REPO / 'train_recognition.py')]), *map(str, args)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def start(*args):
-    """train_recognition.py with these flags on one CPU thread, running; stdout (with stderr) as text lines."""
-    return subprocess.Popen([sys.executable, str(REPO / 'train_recognition.py'), *map(str, args)], cwd=REPO,
-                            env={**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1'},
+    """train_recognition.py with these flags, running, on as many threads as this process (the same sums); stdout
+    (with stderr) as text lines."""
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': str(torch.get_num_threads())}
+    return subprocess.Popen([sys.executable, str(REPO / 'train_recognition.py'), *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -65,10 +66,9 @@ def test_killed_run_resumes_bit_exact_then_verify_and_export(tiny, tmp_path, cap
     """A run killed after its first epoch and resumed with --resume ends with the same weights, to the bit, as an
     uninterrupted one: augmentations are a function of (seed, epoch, picture) and the checkpoint holds the RNG
     states. Then --evaluate rebuilds the network from the checkpoint and reports the same numbers, and
-    --export-embeddings writes the .npz the lfw command scores the same."""
+    --export-embeddings writes the .npz the lfw command scores the same. (The runs other than the killed one run in
+    this process: the code the command line runs, without another interpreter's start.)"""
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
-    # one thread each, side by side: the uninterrupted run and the one to be killed share the two cores
-    uninterrupted = start(*data_flags(tiny), '--out', straight, '--epochs', 2, *FAST)
     child = start(*data_flags(tiny), '--out', killed, '--epochs', 2, *FAST)
     for line in child.stdout:
         if 'epoch 1/2 loss' in line:  # the summary line, printed after the checkpoint is written
@@ -76,10 +76,12 @@ def test_killed_run_resumes_bit_exact_then_verify_and_export(tiny, tmp_path, cap
             break
     child.wait()
     assert load_checkpoint(killed / 'last.pt')['epoch'] in (1, 2)
-    resumed = start(*data_flags(tiny), '--out', killed, '--epochs', 2, *FAST, '--resume')
-    for process in (uninterrupted, resumed):
-        output = process.communicate(timeout=300)[0]
-        assert process.returncode == 0, output[-3000:]
+    status, _, err = bad_input.run_main('train_recognition', [*data_flags(tiny), '--out', straight, '--epochs', 2,
+                                                              *FAST], capsys)
+    assert status == 0, err[-3000:]
+    status, output, err = bad_input.run_main('train_recognition', [*data_flags(tiny), '--out', killed, '--epochs', 2,
+                                                                   *FAST, '--resume'], capsys)
+    assert status == 0, err[-3000:]
     assert 'train: 4 classes, 16 images; skipped 1 unreadable: Train_0001/Train_0001_0009.jpg' in output
     assert 'resumed from' in output
 
@@ -170,13 +172,16 @@ def test_pairs_naming_a_missing_image_stop_before_training(tiny, tmp_path, capsy
 
 @pytest.mark.slow
 def test_learns_unseen_identities(tmp_path):
-    """From scratch on 40 synthetic people, verification on 30 people it never saw: it measured acc_10fold 0.80
-    on one thread and 0.83 on two (std over the folds 0.12-0.15), in about a minute; chance is 0.5."""
+    """From scratch on 40 synthetic people (5 epochs of 200 pictures), verification on 30 people it never saw (360
+    pairs): measured acc_10fold 0.84, 0.77 and 0.86 (data seed and --seed 0, 1, 2) on one thread; an untrained
+    network scores 0.69 (its BatchNorm statistics taken on the training pictures at LR 0; 0.67 on the 180 pairs of
+    data seeds 0 and 1), and one epoch reaches 0.62-0.68. The untrained score is high because pictures of one
+    synthetic person look alike pixel for pixel; 4 epochs scored 0.76-0.83, so the training is not cut here."""
     data = make_identities(tmp_path / 'identities', seed=0, identities=40, images_per_identity=5, test_identities=30,
-                           test_images_per_identity=3, pairs_per_set=9)
+                           test_images_per_identity=4, pairs_per_set=18)
     out = tmp_path / 'run'
     result = run(*data_flags(data), '--out', out, '--epochs', 5, '--batch-size', 16, '--workers', 1,
                  '--device', 'cpu', '--eval-every', 0, '--save-every', 0, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['acc_10fold'] >= 0.7, results
+    assert results['acc_10fold'] >= 0.73, results

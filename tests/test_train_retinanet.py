@@ -126,18 +126,23 @@ def test_bad_input_is_one_line_exit_2(tiny_voc, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_learns_synthetic_objects(tmp_path, repo_root):
-    """The whole recipe fits a small set: from scratch on 8 synthetic images at 128 px, scored on those same
-    images (test.txt = trainval.txt), VOC07 mAP well above an untrained network's (about 0.0; measured 0.58-0.77
-    over data seeds 0-2, README). A fit, not generalisation, because that is what a CI budget buys: held-out mAP
-    from scratch needs the README's 300-image run; on 40 held-out-scored images 60 steps stayed near 0.01. Targets,
-    matching, loss, decoding, NMS, the comp4 files and the devkit scoring all have to be right for it to pass."""
+    """The whole recipe fits a small set: from scratch on 8 synthetic images at 128 px, scored on those same images
+    (test.txt), VOC07 mAP well above an untrained network's (0.000 after the first epoch). trainval.txt lists each
+    image 4 times, so an epoch is 4 steps of 8: 10 epochs are 40 steps, with a quarter of the checkpoints and plots
+    that 40 one-step epochs write (these took half the test's time). Measured mAP 0.62, 0.44 and 0.44 over data
+    seeds 0-2 (40 one-step epochs: 0.87 on seed 0). A fit, not generalisation, because that is what a CI budget
+    buys: held-out mAP from scratch needs the README's 300-image run; on 40 held-out-scored images 60 steps stayed
+    near 0.01. Targets, matching, loss, decoding, NMS, the comp4 files and the devkit scoring all have to be right
+    for it to pass."""
     data = make_voc(tmp_path / 'voc', num_images=12, seed=0)
     image_sets = data / 'VOC2007' / 'ImageSets' / 'Main'
-    (image_sets / 'test.txt').write_text((image_sets / 'trainval.txt').read_text())
+    trainval = (image_sets / 'trainval.txt').read_text()
+    (image_sets / 'test.txt').write_text(trainval)
+    (image_sets / 'trainval.txt').write_text(trainval * 4)
     out = tmp_path / 'learn'
     result = run(repo_root, '--data-root', data, '--out', out, '--years', '2007', '--arch', 'resnet18', '--size', 128,
-                 '--epochs', 40, '--batch-size', 8, '--warmup-epochs', 4, '--no-photometric', '--crop-scales', 1.0,
+                 '--epochs', 10, '--batch-size', 8, '--warmup-epochs', 1, '--no-photometric', '--crop-scales', 1.0,
                  '--workers', 0, '--device', 'cpu', '--eval-every', 0, '--save-every', 0, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert results['mAP'] >= 0.3, results
+    assert results['mAP'] >= 0.25, results
