@@ -15,8 +15,9 @@ and detect.py's batched throughput. Prints one table and writes it as JSON.
 - torchrun: finetune_retinaface.py for 2 epochs on a synthetic set, one process and then 2 processes with NCCL (one
   per GPU, same per-GPU batch); images/s of the second epoch from its metrics.csv. Needs 2 GPUs (--ddp-on-cpu runs
   it on the CPU with gloo instead, for the test); skipped with a line otherwise.
-- detect: images/s of detect.py's FaceDetector over a batch of --detect-batch photos (../shared/data/photos, or
-  synthetic ones), files read beforehand, against one image per call, with the shared RetinaFace (or a fresh one).
+- detect: images/s of detect.py's FaceDetector in batches of --detect-batch photos (../shared/data/photos, or
+  synthetic ones; bench/detect_speed.py's batch_throughput: files read beforehand) against one image per call, with
+  the shared RetinaFace (or a fresh one).
 Each section is timed on its own; one that fails prints its error in the table and the rest still run.
 """
 import argparse
@@ -42,13 +43,15 @@ for path in (REPO, REPO / 'bench'):  # bench/recognition_train_speed.py imports 
         sys.path.insert(0, str(path))
 
 from bench import recognition_train_speed, train_speed  # noqa: E402
-from bench.detect_speed import loop_priors  # noqa: E402
+from bench.detect_speed import batch_throughput, loop_priors  # noqa: E402
 from bench.reference_finetune import multibox_loss  # noqa: E402
-from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, match_anchors, retinanet_anchor_sizes  # noqa: E402
-from common.detector import FaceDetector, load_detector_model, synchronize  # noqa: E402
+from common.anchors import (RETINANET_RATIOS, RETINANET_SCALES, anchors_for, match_anchors,  # noqa: E402
+                            retinanet_anchor_sizes)
+from common.inference.detectors import FaceDetector, synchronize  # noqa: E402
+from common.inference.load import load_detector_model  # noqa: E402
 from common.losses import RetinaNetLoss  # noqa: E402
 from common.models import build_model  # noqa: E402
-from common.models.retinanet import anchors_for, default_fpn_channels  # noqa: E402
+from common.models.retinanet import default_fpn_channels  # noqa: E402
 
 SHARED = REPO.parent / 'shared' / 'data'
 # per script: the network and the training input size and batch of its defaults (--tiny: a few pixels and images)
@@ -234,6 +237,8 @@ def torchrun_rows(args, device, work: Path):
 
 
 def detect_rows(args, device, work: Path):
+    """bench/detect_speed.py's batch throughput of detect.py's FaceDetector, one image per call and --detect-batch."""
+    import cv2
     weights = SHARED / 'weights' / 'retinaface_mobilenet0.25_Final.pth'
     if weights.is_file() and not args.tiny:
         model, arch = load_detector_model(weights, 'mobile0.25', device)
@@ -242,24 +247,18 @@ def detect_rows(args, device, work: Path):
         arch = dict(train_speed.ARCHS['retinaface'])
         model = build_model(arch).to(device).eval()
     photos = sorted((SHARED / 'photos').glob('*.jpg')) if not args.tiny else []
-    if photos:
-        import cv2
-        images = [cv2.imread(str(p)) for p in photos]
-    else:
+    if not photos:
         generator = np.random.default_rng(0)
-        images = [generator.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
-    batch = TINY['batch'] if args.tiny else args.detect_batch
+        for i in range(3):
+            photos.append(work / f'photo_{i}.png')
+            cv2.imwrite(str(photos[-1]), generator.integers(0, 256, (96, 128, 3), dtype=np.uint8))
     detector = FaceDetector(model, arch, device, conf_thres=0.5, max_size=args.detect_max_size)
     rows = []
-    for per_call in (1, batch):
-        calls = [[images[(i * per_call + k) % len(images)] for k in range(per_call)]
-                 for i in range(max(1, (args.steps * batch) // per_call))]
-        position = iter(range(10 ** 9))
-        rate = timed(lambda: detector(calls[next(position) % len(calls)]), len(calls), args.warmup, device, per_call)
-        rows.append({'section': 'detect', 'what': 'FaceDetector retinaface mobile0.25',
-                     'variant': f'batch {per_call}', 'size': f'long side <= {args.detect_max_size}',
-                     'batch': per_call, 'images_per_s': rate, 'ratio': rate / rows[0]['images_per_s'] if rows else 1.0,
-                     'ratio_to': 'batch 1'})
+    for batch in (1, TINY['batch'] if args.tiny else args.detect_batch):
+        rate = batch_throughput(detector, photos, batch, device)
+        rows.append({'section': 'detect', 'what': 'FaceDetector retinaface mobile0.25', 'variant': f'batch {batch}',
+                     'size': f'long side <= {args.detect_max_size}', 'batch': batch, 'images_per_s': rate,
+                     'ratio': rate / rows[0]['images_per_s'] if rows else 1.0, 'ratio_to': 'batch 1'})
     return rows
 
 

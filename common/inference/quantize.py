@@ -31,16 +31,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..checkpoint import CheckpointError
-from ..detector import FaceDetector, is_image_file
+from ..data.images import is_image_file, read_image
 from ..evaluation.voc import evaluate_class
-from ..object_detector import ObjectDetector
-from ..onnx_model import INPUT_NAME, OnnxModel, read_metadata
+from .load import build_detector
+from .onnx_model import INPUT_NAME, INT8_KEY, read_metadata
 
-INT8_KEY = 'facekit_int8'    # the metadata entry of an int8 file (JSON), beside the fp32 file's entries
 CONFIDENT = 0.5              # the fp32 detections that count as the truth: detect.py's default threshold
 CANDIDATES = 0.02            # the int8 detections scored against them: the evaluation's threshold
 DEFAULT_TOLERANCE = 0.01
@@ -59,17 +57,6 @@ def calibration_paths(folder, limit: int | None = None) -> list[Path]:
     if limit and len(paths) > limit:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     return paths
-
-
-def read_image(path):  # TODO(move): common.data.images.read_image
-    data = np.fromfile(str(path), dtype=np.uint8)
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-
-
-def build_detector(path, conf_thres: float):  # TODO(move): common.inference.load.build_detector
-    model = OnnxModel(path)
-    kind = ObjectDetector if model.arch['name'] == 'retinanet' else FaceDetector
-    return kind(model, model.arch, 'cpu', conf_thres=conf_thres)
 
 
 def stem_nodes(model) -> list[str]:
@@ -189,7 +176,7 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
     pictures, unreadable = _read_calibration_images(calibration_dir, images, log)
 
     # the fp32 file through detect.py's detector: its detections, and the inputs it fed the network
-    reference_detector = build_detector(fp32_path, CANDIDATES)
+    reference_detector = build_detector(fp32_path, None, 'cpu', conf_thres=CANDIDATES)
     recorder = _RecordingSession(reference_detector.model.session)
     reference_detector.model.session = recorder
     reference = detect_all(reference_detector, pictures)
@@ -229,7 +216,7 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
                 quantized.metadata_props.add(key=entry.key, value=entry.value)
             onnx.save(quantized, str(tmp))
             # the drift: the int8 file's detections on the same images against the fp32 file's
-            ap, _ = agreement(reference, detect_all(build_detector(tmp, CANDIDATES), pictures))
+            ap, _ = agreement(reference, detect_all(build_detector(tmp, None, 'cpu', conf_thres=CANDIDATES), pictures))
             fp32_convs = [conv_weights[n].removesuffix('.weight') for n in excluded if n in conv_weights]
             report['tried'].append({'fp32': rule, 'fp32_convs': len(fp32_convs), 'drift': round(1.0 - ap, 5)})
             if tolerance is None or 1.0 - ap <= tolerance:
