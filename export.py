@@ -236,7 +236,8 @@ def quantize(fp32, out, args) -> dict:
     calibration = report['calibration']
     kept = f'{len(report["fp32_convs"])} convs kept fp32 ({report["fp32"]}: {", ".join(report["fp32_convs"])})' \
         if report['fp32_convs'] else 'every conv int8'
-    tried = ', '.join(f'{t["fp32"]} in fp32: {t["drift"]:.4f}' for t in report['tried'])
+    labels = {'none': 'all int8', 'stem': 'the stem fp32'}
+    tried = ', '.join(f'{labels.get(t["fp32"], t["fp32"])} {t["drift"]:.4f}' for t in report['tried'])
     print(f'calibrated on {calibration["images"]} images ({calibration["method"]}) in '
           f'{time.perf_counter() - started:.1f} s; {kept}; drift {report["drift"]:.4f} (tolerance '
           f'{args.int8_tolerance:g}; tried {tried})')

@@ -4,25 +4,26 @@ the sizes it feeds them; the file is written only when its detections on those i
 
     report = quantize_detector('mnet.onnx', 'mnet_int8.onnx', 'data/widerface/val/images', images=100)
 
-How (each choice measured on the shared RetinaFace MobileNet0.25, see docs/deployment.md "int8"):
+How (each choice measured on the shared RetinaFace MobileNet0.25 with bench/int8_configs.py; docs/deployment.md,
+"int8"):
 - Calibration inputs: the fp32 file runs through the detector detect.py builds (FaceDetector: each image at its own
-  size, or stretched to multiples of 32 for the released CenterFace; ObjectDetector: letterboxed square), and every
-  input it hands onnxruntime is kept; the calibration sees those inputs, nothing rewritten here.
-- The stem stays fp32: the nodes on the plain chain from the input to the first tensor that two layers read (the
-  MobileNet stage that the FPN's first level takes, the ResNet stem before its first skip connection). At high
-  resolution with few channels its int8 kernels are slower than fp32's on an AVX2 CPU, and its depthwise filters
-  amplify the activations' rounding: quantized, it cost RetinaFace 0.05 Easy AP; kept fp32, 0.001.
-- QDQ format (onnxruntime fuses it into the same QLinearConv kernels as QOperator: same speed, same outputs), uint8
-  activations (int8 ones leave most convs unfused on x86: slower than fp32), MinMax ranges (Entropy and Percentile
-  gave the same AP within the noise of ten images, at 2-3 times the calibration time), full-range weights
-  (reduce_range: slower here and no more accurate).
+  size, stretched to multiples of 32 for the released CenterFace; ObjectDetector: letterboxed square), and every input
+  it hands onnxruntime is recorded; the calibration sees those inputs, nothing rewritten here.
+- Which nodes stay fp32 ('auto'): none first; when that drifts past the tolerance, the stem: the nodes on the plain
+  chain from the input to the first tensor that two layers read (MobileNet0.25's first stage, which the FPN's first
+  level takes; the ResNet's 7 x 7 conv). Its depthwise filters amplify the rounding of 8-bit inputs (everything int8
+  cost RetinaFace 0.06 Easy / Medium AP, the stem fp32 0.002), and on an AVX2 CPU its int8 kernels (few channels,
+  depthwise) are slower than fp32's.
+- QOperator format (QDQ gave the same outputs and speed, and refuses weights shared by several convs, as RetinaNet's
+  towers are), uint8 activations (int8 ones: 0.4x the fp32 speed on x86), MinMax ranges (Entropy and Percentile:
+  the same AP within the noise of ten images, 3x the time), full-range weights (reduce_range: no faster, no better).
 
 The drift check: the fp32 and the int8 file each detect on the calibration images (score > 0.02, detect.py's caps),
 and the int8 detections are scored, with the VOC AP code, against the fp32 file's confident detections (score >= 0.5,
 detect.py's threshold) as the ground truth, per class for object detectors. drift = 1 - that AP: 0 when the int8
 file finds every confident fp32 detection (IoU > 0.5) and ranks nothing new above them, so it moves with what AP
 measures (missed faces, new false ones, boxes moved off, scores reordered) and needs no labels. Measured on
-RetinaFace: drift 0.003 kept WIDER AP within 0.004, drift 0.02 lost 0.017 Medium AP, drift 0.1 lost 0.05-0.06.
+RetinaFace: drift 0.003 kept WIDER AP within 0.002, drift 0.02 lost 0.017 Medium AP, drift 0.11 lost 0.06.
 """
 import json
 import logging
@@ -125,12 +126,18 @@ def agreement(reference: list[dict], candidate: list[dict], confident: float = C
     """(AP, count): `candidate`'s detections scored against `reference`'s detections scoring >= `confident` as the
     ground truth (VOC rules, IoU > 0.5, all-point AP; per label and averaged over the labels the reference has for
     object detectors), and how many reference detections that truth holds."""
-    labelled = 'labels' in reference[0] if reference else False
+    labelled = bool(reference) and 'labels' in reference[0]
 
     def flat(results, keep):
-        parts = [(np.full(int(k.sum()), i), r['boxes'][k], r['scores'][k], r['labels'][k] if labelled else
-                  np.zeros(int(k.sum()), int)) for i, r in enumerate(results) for k in [keep(r)]]
-        return [np.concatenate(p) for p in zip(*parts)] if parts else [np.zeros(0)] * 4
+        """(image index, boxes, scores, labels) of the kept detections of all images, concatenated."""
+        index, boxes, scores, labels = [], [], [], []
+        for i, result in enumerate(results):
+            kept = keep(result)
+            index.append(np.full(int(kept.sum()), i))
+            boxes.append(result['boxes'][kept].reshape(-1, 4))
+            scores.append(result['scores'][kept])
+            labels.append(result['labels'][kept] if labelled else np.zeros(int(kept.sum()), int))
+        return [np.concatenate(parts) if parts else np.zeros(0) for parts in (index, boxes, scores, labels)]
 
     gt_image, gt_boxes, _, gt_labels = flat(reference, lambda r: r['scores'] >= confident)
     image, boxes, scores, labels = flat(candidate, lambda r: np.ones(len(r['scores']), bool))
@@ -222,7 +229,7 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
             if tolerance is None or 1.0 - ap <= tolerance:
                 break
         else:
-            drifts = ', '.join(f'{t["drift"]:.4f} with {t["fp32_convs"]} convs in fp32' for t in report['tried'])
+            drifts = ' and '.join(f'{t["drift"]:.4f} with {t["fp32_convs"]} convs fp32' for t in report['tried'])
             raise QuantizationRefused(f'int8 detections drift {drifts} from the fp32 model\'s on the {len(pictures)} '
                                       f'calibration images (tolerance {tolerance:g}; 1 - AP against its {confident} '
                                       f'confident detections); nothing written')
