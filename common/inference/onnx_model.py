@@ -28,9 +28,6 @@ from ..checkpoint import CheckpointError
 from ..models import input_convention
 
 
-INT8_KEY = 'facekit_int8'
-
-
 class ExportRecord(NamedTuple):
     outputs: tuple       # graph output names, in the order the network returns them (a dict's keys for a dict)
     returns_dict: bool   # the network returns {name: tensor} (else a tuple)
@@ -85,6 +82,7 @@ def _centerface_decoding(arch: dict) -> dict:
 
 
 INPUT_NAME = 'images'
+INT8_KEY = 'facekit_int8'  # the entry only int8 files have
 # arch['name'] -> what a file of that network holds; a new detector family is one entry here. A recognition file
 # takes aligned crops of one fixed size (pixels['size']) and outputs the embedding.
 EXPORTS = {
