@@ -13,7 +13,8 @@ import torch
 
 from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, retinanet_anchor_sizes
 from common.inference.onnx_model import INT8_KEY
-from common.inference.quantize import calibration_paths, stem_nodes
+from common.inference.quantize import (CONFIDENT, QuantizationRefused, calibration_paths, confident_threshold,
+                                       quantize_detector, stem_nodes)
 from common.models import build_model
 from common.models.centerface import RELEASED_ARCH
 from common.synthetic import make_voc, make_widerface
@@ -31,30 +32,33 @@ FAMILIES = {  # arch, the score head's bias (softmax for RetinaFace: any one val
 _EXPORTED = {}
 
 
-def checkpoint(family, folder):
-    """Our checkpoint of a fresh network of `family`, its score biases set."""
+def checkpoint(family, folder, last_bias=None):
+    """Our checkpoint of a fresh network of `family`, its score biases set; `last_bias`: then the score head's last
+    bias (the logit's) set to that."""
     arch, score_head, bias = FAMILIES[family]
     torch.manual_seed(0)
     model = build_model(arch).eval()
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith(score_head) and name.endswith('bias'):
-                parameter.fill_(bias)
+        biases = [p for name, p in model.named_parameters() if name.startswith(score_head) and name.endswith('bias')]
+        for parameter in biases:
+            parameter.fill_(bias)
+        if last_bias is not None:
+            biases[-1].fill_(last_bias)
     path = folder / f'{family.replace(" ", "_")}.pt'
     torch.save({'model': model.state_dict(), 'arch': arch}, path)
     return path, model, arch
 
 
-def exported(family, tmp_path_factory):
+def exported(family, tmp_path_factory, last_bias=None):
     """The fp32 .onnx of `family`, traced once per test session (in-process: export.py's own steps)."""
-    if family not in _EXPORTED:
+    if (family, last_bias) not in _EXPORTED:
         import export
         folder = tmp_path_factory.mktemp('fp32')
-        _, model, arch = checkpoint(family, folder)
+        _, model, arch = checkpoint(family, folder, last_bias)
         out = folder / f'{family.replace(" ", "_")}.onnx'
         export.write_checked(export.trace(model, arch, 18, (64, 96)), model, arch, out, (96, 64), 1e-4)
-        _EXPORTED[family] = out
-    return _EXPORTED[family]
+        _EXPORTED[family, last_bias] = out
+    return _EXPORTED[family, last_bias]
 
 
 @pytest.fixture
@@ -146,14 +150,17 @@ def fake_export(path, int8: bool):
     return path
 
 
-@pytest.mark.parametrize('case', ['no calibration', 'calibration alone', 'missing folder', 'no images', 'onnx alone',
-                                  'already int8', 'recognition'])
+@pytest.mark.parametrize('case', ['no calibration', 'calibration alone', 'missing folder', 'no images', 'undecodable',
+                                  'onnx alone', 'already int8', 'recognition'])
 def test_bad_int8_input_is_one_line_exit_2(case, tmp_path, capsys):
     import export
     weights, _, _ = checkpoint('centerface', tmp_path)
     empty = tmp_path / 'empty'
     empty.mkdir()
     (empty / 'notes.txt').write_text('no images here')
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'a.jpg').write_bytes(b'not a jpeg')
     fp32, int8 = fake_export(tmp_path / 'fp32.onnx', False), fake_export(tmp_path / 'int8.onnx', True)
     recognition = tmp_path / 'recognition.pt'
     torch.save({'model': {}, 'arch': {'name': 'recognition', 'backbone': 'fmobile', 'input': 'gray128'}}, recognition)
@@ -162,6 +169,7 @@ def test_bad_int8_input_is_one_line_exit_2(case, tmp_path, capsys):
         'calibration alone': (['--weights', weights, '--calibration', empty], '--calibration'),
         'missing folder': (['--weights', weights, '--int8', '--calibration', tmp_path / 'nope'], 'not found'),
         'no images': (['--weights', fp32, '--int8', '--calibration', empty], '--calibration'),
+        'undecodable': (['--weights', fp32, '--int8', '--calibration', broken], '1 could not be decoded'),
         'onnx alone': (['--weights', fp32], 'quantizes an fp32 export with --int8'),
         'already int8': (['--weights', int8, '--int8', '--calibration', empty], 'already int8'),
         'recognition': (['--weights', recognition, '--int8', '--calibration', empty], 'detectors only'),
@@ -198,3 +206,28 @@ def test_calibration_images_spread_over_the_folders(tmp_path):
     picked = calibration_paths(tmp_path, 4)
     assert [p.parent.name for p in picked] == ['0--event', '1--event', '2--event', '3--event']
     assert len(calibration_paths(tmp_path)) == 20
+
+
+def test_confident_threshold_is_lowered_only_for_a_model_with_fewer_confident_detections_than_images():
+    def results(*scores):
+        return [{'scores': np.array(s, np.float32)} for s in scores]
+    assert confident_threshold(results([0.9, 0.6], [0.7, 0.1]), 3) == CONFIDENT   # 3 >= 0.5 for 3 images
+    assert confident_threshold(results([0.3, 0.2], [0.4, 0.05], []), 3) == pytest.approx(0.2)  # the 3rd best
+    assert confident_threshold(results([0.3], [], []), 3) == pytest.approx(0.3)   # fewer detections than images
+    assert confident_threshold(results([], [], []), 3) == CONFIDENT               # nothing: refused by the caller
+
+
+@pytest.mark.slow
+def test_an_undertrained_network_scoring_below_the_threshold_still_gets_a_drift_and_a_refusal(
+        calibration, tmp_path, tmp_path_factory):
+    """A fresh CenterFace whose heatmap scores about 0.05 everywhere, nothing near detect.py's 0.5: its best
+    detections stand in as the truth, so the drift is a number and tolerance 0 refuses with it."""
+    fp32 = exported('centerface', tmp_path_factory, last_bias=-3.0)
+    out = tmp_path / 'int8.onnx'
+    with pytest.raises(QuantizationRefused, match=r'drift \d\.\d+ with 0 convs fp32 .* against its 4 confident'):
+        quantize_detector(fp32, out, calibration, images=5, tolerance=0, keep_fp32=[], log=lambda *_: None)
+    assert not out.exists()
+    report = quantize_detector(fp32, out, calibration, images=5, tolerance=None, keep_fp32=[], log=lambda *_: None)
+    assert 0 < report['drift'] <= 1 and '(4 on the calibration images)' in report['drift_measure']
+    threshold = float(report['drift_measure'].split('>= ')[1].split(' ')[0])
+    assert 0.02 < threshold < CONFIDENT, report['drift_measure']

@@ -20,10 +20,11 @@ How (each choice measured on the shared RetinaFace MobileNet0.25 with bench/int8
 
 The drift check: the fp32 and the int8 file each detect on the calibration images (score > 0.02, detect.py's caps),
 and the int8 detections are scored, with the VOC AP code, against the fp32 file's confident detections (score >= 0.5,
-detect.py's threshold) as the ground truth, per class for object detectors. drift = 1 - that AP: 0 when the int8
-file finds every confident fp32 detection (IoU > 0.5) and ranks nothing new above them, so it moves with what AP
-measures (missed faces, new false ones, boxes moved off, scores reordered) and needs no labels. Measured on
-RetinaFace: drift 0.003 kept WIDER AP within 0.002, drift 0.02 lost 0.017 Medium AP, drift 0.11 lost 0.06.
+detect.py's threshold; for an undertrained model with fewer of them than there are images, its that many best) as the
+ground truth, per class for object detectors. drift = 1 - that AP: 0 when the int8 file finds every confident fp32
+detection (IoU > 0.5) and ranks nothing new above them, so it moves with what AP measures (missed faces, new false
+ones, boxes moved off, scores reordered) and needs no labels. Measured on RetinaFace: drift 0.003 kept WIDER AP within
+0.002, drift 0.02 lost 0.017 Medium AP, drift 0.11 lost 0.06.
 """
 import json
 import logging
@@ -122,6 +123,16 @@ def detect_all(detector, images) -> list[dict]:
     return [detector([image])[0] for image in images]
 
 
+def confident_threshold(reference: list[dict], images: int) -> float:
+    """The score from which the fp32 detections count as the truth: CONFIDENT, or lower for a model that finds fewer
+    such detections than there are `images` (an undertrained one), so that its drift can still be measured: the score
+    of its `images`-th best detection over all images (its lowest when it has fewer)."""
+    scores = np.sort(np.concatenate([r['scores'] for r in reference] + [np.zeros(0)]))[::-1]
+    if (scores >= CONFIDENT).sum() >= images or not len(scores):
+        return CONFIDENT
+    return float(scores[min(images, len(scores)) - 1])
+
+
 def agreement(reference: list[dict], candidate: list[dict], confident: float = CONFIDENT) -> tuple[float, int]:
     """(AP, count): `candidate`'s detections scored against `reference`'s detections scoring >= `confident` as the
     ground truth (VOC rules, IoU > 0.5, all-point AP; per label and averaged over the labels the reference has for
@@ -187,11 +198,12 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
     recorder = _RecordingSession(reference_detector.model.session)
     reference_detector.model.session = recorder
     reference = detect_all(reference_detector, pictures)
-    confident = sum(int((r['scores'] >= CONFIDENT).sum()) for r in reference)
+    threshold = confident_threshold(reference, len(pictures))
+    confident = sum(int((r['scores'] >= threshold).sum()) for r in reference)
     if tolerance is not None and not confident:
-        raise QuantizationRefused(f'the fp32 model finds nothing scoring >= {CONFIDENT} on the {len(pictures)} '
-                                  f'calibration images of {calibration_dir}, so the drift cannot be measured; '
-                                  f'calibrate on images with what it detects; nothing written')
+        raise QuantizationRefused(f'the fp32 model detects nothing on the {len(pictures)} calibration images of '
+                                  f'{calibration_dir}, so the drift cannot be measured; calibrate on images with what '
+                                  f'it detects; nothing written')
     sizes = sorted({tuple(feed[INPUT_NAME].shape[-2:]) for feed in recorder.inputs})
 
     model = onnx.load(str(fp32_path))
@@ -206,7 +218,7 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
         'calibration': {'folder': str(calibration_dir), 'images': len(pictures), 'unreadable': unreadable,
                         'method': method, 'input_sizes': len(sizes), 'largest': list(max(sizes, key=np.prod))},
         'drift_measure': f'1 - AP of the int8 detections (score > {CANDIDATES}) against the fp32 detections scoring '
-                         f'>= {CONFIDENT} ({confident} on the calibration images)',
+                         f'>= {threshold:.3g} ({confident} on the calibration images)',
         'tolerance': tolerance, 'tried': [],
     }
 
@@ -223,7 +235,8 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
                 quantized.metadata_props.add(key=entry.key, value=entry.value)
             onnx.save(quantized, str(tmp))
             # the drift: the int8 file's detections on the same images against the fp32 file's
-            ap, _ = agreement(reference, detect_all(build_detector(tmp, None, 'cpu', conf_thres=CANDIDATES), pictures))
+            candidate = detect_all(build_detector(tmp, None, 'cpu', conf_thres=CANDIDATES), pictures)
+            ap, _ = agreement(reference, candidate, threshold)
             fp32_convs = [conv_weights[n].removesuffix('.weight') for n in excluded if n in conv_weights]
             report['tried'].append({'fp32': rule, 'fp32_convs': len(fp32_convs), 'drift': round(1.0 - ap, 5)})
             if tolerance is None or 1.0 - ap <= tolerance:
