@@ -250,7 +250,9 @@ def main(args):
     recognizer, gallery = load_gallery(args, weights, detector, device)
     outputs = Outputs(out, source, detector, not args.no_save, args.save_txt)
     found_what = detector.kind  # 'faces' or 'objects'
-    runs_on = f'onnxruntime {"/".join(detector.model.providers)}' if weights.suffix.lower() == '.onnx' else device
+    runs_on = device
+    if weights.suffix.lower() == '.onnx':
+        runs_on = f'onnxruntime {"/".join(detector.model.providers)}{", int8" if detector.model.int8 else ""}'
     if detector.kind == 'faces':
         size = 'original size' if not args.max_size else f'long side <= {args.max_size}'
     else:

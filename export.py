@@ -20,6 +20,16 @@ The export checks itself before the file is written: onnxruntime runs the file o
 size than the traced ones (--check-size) and every output must equal PyTorch's (the network as loaded, BatchNorm
 not folded) within --tolerance; otherwise it exits 1 and writes nothing. Uses torch's exporter (torch.export-based,
 which needs the onnxscript package).
+
+int8 (detectors): onnxruntime's static quantization, calibrated on the images under --calibration (recursively, at
+most --calibration-images of them) as detect.py feeds them to the network; the file records how, on what, and its
+drift from the fp32 file, and is not written when that drift exceeds --int8-tolerance (exit 1). From a checkpoint
+(traced and checked first) or from an fp32 export:
+    python export.py --weights runs/retinaface/best.pt --out retinaface_int8.onnx --int8 \
+        --calibration data/widerface/val/images
+    python export.py --weights mnet.onnx --out mnet_int8.onnx --int8 --calibration ../shared/data/widerface/val_416
+    python detect.py --weights mnet_int8.onnx --source photos/
+What it measured (the layers kept in fp32 and why, speed, AP): docs/deployment.md, section "int8".
 """
 import argparse
 import os
@@ -34,6 +44,7 @@ from common import runtime
 from common.checkpoint import CheckpointError
 from common.inference.load import load_detector_model
 from common.inference.onnx_model import INPUT_NAME, export_record, metadata_for
+from common.inference.quantize import DEFAULT_TOLERANCE, QuantizationRefused, quantize_detector
 from common.inference.recognizer import is_recognition_file, load_recognition_model
 from common.models import fuse_for_inference
 from common.models.recognition import FacePixels
@@ -48,7 +59,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     g = parser.add_argument_group('model')
-    g.add_argument('--weights', required=True, help='our checkpoint, or a Pytorch_Retinaface state dict')
+    g.add_argument('--weights', required=True, help='our checkpoint, a Pytorch_Retinaface state dict, or (with '
+                   '--int8) an fp32 .onnx file from export.py')
     g.add_argument('--network', default=None, choices=list(RETINAFACE_NETWORKS),
                    help='backbone of a Pytorch_Retinaface state dict (our checkpoints carry their own)')
     g = parser.add_argument_group('export')
@@ -59,6 +71,15 @@ def parse_args(argv=None):
     g.add_argument('--check-size', type=int, nargs=2, default=(352, 288), metavar=('H', 'W'),
                    help='input size of the self-check, another than --trace-size')
     g.add_argument('--tolerance', type=float, default=1e-4, help='largest output difference to PyTorch accepted')
+    g = parser.add_argument_group('int8')
+    g.add_argument('--int8', action='store_true', help='write an int8 file (detectors; needs --calibration)')
+    g.add_argument('--calibration', default=None, help='folder of images (searched recursively) the activation '
+                   'ranges are calibrated on, run through detect.py\'s preprocessing at the sizes it feeds them')
+    g.add_argument('--calibration-images', type=int, default=100,
+                   help='at most this many of them, spread evenly over the sorted folder')
+    g.add_argument('--int8-tolerance', type=float, default=DEFAULT_TOLERANCE,
+                   help='largest drift accepted: 1 - AP of the int8 detections on the calibration images against the '
+                        'fp32 file\'s confident ones (score >= 0.5)')
     args = parser.parse_args(argv)
     if tuple(args.trace_size) == tuple(args.check_size):
         parser.error('--check-size must differ from --trace-size: the check is for the dynamic shapes')
@@ -148,10 +169,31 @@ def main(args):
     out = Path(args.out)
     if out.suffix.lower() != '.onnx':
         runtime.fail(f'--out {out}: give the file an .onnx suffix (detect.py tells an ONNX model by it)')
+    if args.int8 != bool(args.calibration):
+        runtime.fail('--int8 needs --calibration DIR (images to calibrate on)' if args.int8 else
+                     f'--calibration {args.calibration}: only with --int8')
+    if args.int8:
+        runtime.require_path(args.calibration, '--calibration', 'image folder')
+        if args.calibration_images < 1:
+            runtime.fail(f'--calibration-images {args.calibration_images}: at least 1')
     if weights.suffix.lower() == '.onnx':
-        runtime.fail(f'--weights {weights}: already an ONNX file; export takes a PyTorch checkpoint')
+        if not args.int8:
+            runtime.fail(f'--weights {weights}: already an ONNX file; export takes a PyTorch checkpoint (or quantizes '
+                         f'an fp32 export with --int8)')
+        return quantize(weights, out, args)
+    if args.int8:  # the fp32 file, traced and checked, is what gets quantized
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f'.{out.name}.', dir=out.parent) as work:
+            export(weights, Path(work) / 'fp32.onnx', args)
+            return quantize(Path(work) / 'fp32.onnx', out, args)
+    return export(weights, out, args)
+
+
+def export(weights, out, args) -> dict:
     try:
         if is_recognition_file(weights):  # its input convention goes into the graph, in front of the network
+            if args.int8:
+                runtime.fail(f'--int8: detectors only; {weights} is a recognition network')
             model, arch = load_recognition_model(weights)
             model = FacePixels(model, arch['input'])
         else:
@@ -172,7 +214,34 @@ def main(args):
     differences = ', '.join(f'{k} {v:.1e}' for k, v in report['differences'].items())
     print(f'traced in {traced_s:.1f} s; self-check on {report["check_shape"]}: max |onnxruntime - PyTorch| '
           f'{differences} (tolerance {args.tolerance:g})')
-    print(f'wrote {out} ({out.stat().st_size / 1e6:.1f} MB)')
+    if not args.int8:
+        print(f'wrote {out} ({out.stat().st_size / 1e6:.1f} MB)')
+    return report
+
+
+def quantize(fp32, out, args) -> dict:
+    """--int8: common/inference/quantize.py on the fp32 file `fp32`."""
+    print(f'quantizing to int8, calibrated on at most {args.calibration_images} images of {args.calibration}',
+          flush=True)
+    started = time.perf_counter()
+    try:
+        report = quantize_detector(fp32, out, args.calibration, images=args.calibration_images,
+                                   tolerance=args.int8_tolerance)
+    except CheckpointError as e:
+        runtime.fail(f'--weights: {e}')
+    except FileNotFoundError as e:
+        runtime.fail(f'--calibration: {e}')
+    except QuantizationRefused as e:
+        runtime.fail(f'int8: {e}', 1)
+    calibration = report['calibration']
+    kept = f'{len(report["fp32_convs"])} convs kept fp32 ({report["fp32"]}: {", ".join(report["fp32_convs"])})' \
+        if report['fp32_convs'] else 'every conv int8'
+    labels = {'none': 'all int8', 'stem': 'the stem fp32'}
+    tried = ', '.join(f'{labels.get(t["fp32"], t["fp32"])} {t["drift"]:.4f}' for t in report['tried'])
+    print(f'calibrated on {calibration["images"]} images ({calibration["method"]}) in '
+          f'{time.perf_counter() - started:.1f} s; {kept}; drift {report["drift"]:.4f} (tolerance '
+          f'{args.int8_tolerance:g}; tried {tried})')
+    print(f'wrote {out} ({out.stat().st_size / 1e6:.1f} MB, int8)')
     return report
 
 

@@ -50,7 +50,9 @@ if str(REPO) not in sys.path:
 from common import runtime  # noqa: E402
 from common.checkpoint import CheckpointError  # noqa: E402
 from common.data.images import is_image_file, read_image  # noqa: E402
+from common.inference.detectors import synchronize  # noqa: E402
 from common.inference.load import build_detector, describe_arch, load_detector_model  # noqa: E402
+from common.inference.onnx_model import INT8_KEY, read_metadata  # noqa: E402
 from common.models.backbones import BGR_MEAN  # noqa: E402
 from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS  # noqa: E402
 
@@ -180,10 +182,11 @@ def median_ms(values):
 
 
 def arch_name(arch: dict, weights=None) -> str:
-    """How a pipeline is labelled in the output, e.g. 'retinaface mobile0.25', 'centerface 1.0' or
-    'onnxruntime centerface released'."""
-    runtime_name = 'onnxruntime ' if weights is not None and Path(weights).suffix.lower() == '.onnx' else ''
-    return runtime_name + describe_arch(arch)
+    """How a pipeline is labelled in the output, e.g. 'retinaface mobile0.25', 'centerface 1.0',
+    'onnxruntime centerface released' or 'onnxruntime int8 retinaface mobile0.25'."""
+    if weights is None or Path(weights).suffix.lower() != '.onnx':
+        return describe_arch(arch)
+    return f'onnxruntime {"int8 " if INT8_KEY in read_metadata(weights) else ""}{describe_arch(arch)}'
 
 
 def detector_pipeline(detector):
@@ -206,17 +209,18 @@ def reference_pipeline(model, device, args):
     return run
 
 
-def cuda_throughput(detector, paths, batch_size, device):
-    """Images per second of the batched path on CUDA (files read beforehand)."""
+def batch_throughput(detector, paths, batch_size, device):
+    """Images per second of detect.py's batched path (files read beforehand); bench/cuda_run.py runs it on the CPU
+    too."""
     images = [read_image(p) for p in paths]
     batch = images * max(1, batch_size // len(images) + 1)
     detector(batch[:batch_size])
-    torch.cuda.synchronize(device)
+    synchronize(device)
     start, count = time.perf_counter(), 0
     for i in range(0, len(batch) * 4, batch_size):
         detector([batch[(i + k) % len(batch)] for k in range(batch_size)])
         count += batch_size
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return count / (time.perf_counter() - start)
 
 
@@ -291,7 +295,7 @@ def main(args):
 
     if device.type == 'cuda':
         print(f'batch {args.batch_size} throughput (no file reading): '
-              f'{cuda_throughput(detector, paths, args.batch_size, device):.1f} images/s')
+              f'{batch_throughput(detector, paths, args.batch_size, device):.1f} images/s')
 
     for name in pipelines:
         print(f'{name}: median {median_ms(totals[name]):.1f} ms/image; per stage (median ms): '

@@ -171,11 +171,17 @@ class ObjectDetector:
         self.pre_nms_top_k, self.keep_top_k = pre_nms_top_k or 1000, keep_top_k or None
         self.times = {}
 
+    def prepare(self, images: list[np.ndarray]) -> tuple[torch.Tensor, tuple]:
+        """Each image padded to a square and resized to `size`, stacked into a uint8 (B,3,size,size) tensor on the
+        CPU; returns it and the scales (input pixels per original pixel)."""
+        inputs, scales = zip(*(letterbox(image, self.size) for image in images))
+        return torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2), scales
+
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
         start = time.perf_counter()
-        inputs, scales = zip(*(letterbox(image, self.size) for image in images))
-        batch = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+        batch, scales = self.prepare(images)
+        batch = batch.to(self.device, non_blocking=True)
         synchronize(self.device)
         prepared = time.perf_counter()
         cls_logits, box_offsets = self.model(batch)

@@ -13,6 +13,8 @@ embedding out). Its metadata (string values, JSON where structured):
     facekit_decoding  what the decoder assumes of the outputs: priors settings for RetinaFace, the heatmap encoding
                       for CenterFace, the anchors for RetinaNet. Loading compares it with this version's decoder and
                       refuses a file made for another.
+    facekit_int8      only in an int8 file (export.py --int8, common/inference/quantize.py): how it was quantized,
+                      on which images it was calibrated, which layers stayed fp32, its drift from the fp32 file
 """
 import json
 from pathlib import Path
@@ -80,6 +82,7 @@ def _centerface_decoding(arch: dict) -> dict:
 
 
 INPUT_NAME = 'images'
+INT8_KEY = 'facekit_int8'  # the entry only int8 files have
 # arch['name'] -> what a file of that network holds; a new detector family is one entry here. A recognition file
 # takes aligned crops of one fixed size (pixels['size']) and outputs the embedding.
 EXPORTS = {
@@ -125,7 +128,8 @@ def read_metadata(path) -> dict:
 class OnnxModel:
     """`model(images (B,3,H,W) uint8 or float BGR) -> the outputs our PyTorch network returns` (a tuple, or a dict
     of its heads), as CPU tensors, computed by onnxruntime. `model.arch` is the file's arch; `model.providers` the
-    onnxruntime providers in use (CUDA when `device` is a CUDA device and onnxruntime has that provider)."""
+    onnxruntime providers in use (CUDA when `device` is a CUDA device and onnxruntime has that provider);
+    `model.int8` the quantization record of an int8 file (None for fp32)."""
 
     def __init__(self, path, device='cpu', threads: int | None = None):
         import onnxruntime
@@ -138,6 +142,7 @@ class OnnxModel:
         if meta.get('facekit_decoding') != record.decoding(self.arch):
             raise CheckpointError(f'{path}: exported for another decoder than this version\'s '
                                   f'(recorded {meta.get("facekit_decoding")}); export it again with export.py')
+        self.int8 = meta.get(INT8_KEY)
         self.output_names = list(meta['facekit_outputs']['names'])
         self.returns_dict = bool(meta['facekit_outputs']['dict'])
         options = onnxruntime.SessionOptions()

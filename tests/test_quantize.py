@@ -1,0 +1,233 @@
+"""int8 detectors: `export.py --int8` on a tiny, freshly initialised network of each family we export (RetinaFace,
+our CenterFace, the released CenterFace's layers, RetinaNet) writes a file that says it is int8 and on what it was
+calibrated, runs through detect.py and the training scripts' --evaluate like the fp32 file, and is refused when its
+detections drift past the tolerance; bad flags get one line. The networks' score biases are set so that a fresh
+network scores about 0.5 or more everywhere and has confident detections to compare."""
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, retinanet_anchor_sizes
+from common.inference.onnx_model import INT8_KEY
+from common.inference.quantize import (CONFIDENT, QuantizationRefused, calibration_paths, confident_threshold,
+                                       quantize_detector, stem_nodes)
+from common.models import build_model
+from common.models.centerface import RELEASED_ARCH
+from common.synthetic import make_voc, make_widerface
+from common.synthetic.objects import CLASSES as VOC_SYNTHETIC_CLASSES
+
+FAMILIES = {  # arch, the score head's bias (softmax for RetinaFace: any one value is an even split), its value
+    'retinaface': ({'name': 'retinaface', 'network': 'mobile0.25'}, 'ClassHead', 0.0),
+    'centerface': ({'name': 'centerface', 'width_mult': 0.35, 'neck_channels': 16, 'head_conv': 16}, 'heads.hm', 1.0),
+    'centerface released': (dict(RELEASED_ARCH), 'heads.hm', 1.0),
+    'retinanet': ({'name': 'retinanet', 'arch': 'resnet18', 'num_classes': len(VOC_SYNTHETIC_CLASSES),
+                   'classes': list(VOC_SYNTHETIC_CLASSES), 'fpn_channels': 32, 'group_norm': True,
+                   'anchor_sizes': list(retinanet_anchor_sizes(64)), 'anchor_scales': list(RETINANET_SCALES),
+                   'anchor_ratios': list(RETINANET_RATIOS), 'size': 64}, 'classifier.output', 1.0),
+}
+_EXPORTED = {}
+
+
+def checkpoint(family, folder, last_bias=None):
+    """Our checkpoint of a fresh network of `family`, its score biases set; `last_bias`: then the score head's last
+    bias (the logit's) set to that."""
+    arch, score_head, bias = FAMILIES[family]
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    with torch.no_grad():
+        biases = [p for name, p in model.named_parameters() if name.startswith(score_head) and name.endswith('bias')]
+        for parameter in biases:
+            parameter.fill_(bias)
+        if last_bias is not None:
+            biases[-1].fill_(last_bias)
+    path = folder / f'{family.replace(" ", "_")}.pt'
+    torch.save({'model': model.state_dict(), 'arch': arch}, path)
+    return path, model, arch
+
+
+def exported(family, tmp_path_factory, last_bias=None):
+    """The fp32 .onnx of `family`, traced once per test session (in-process: export.py's own steps)."""
+    if (family, last_bias) not in _EXPORTED:
+        import export
+        folder = tmp_path_factory.mktemp('fp32')
+        _, model, arch = checkpoint(family, folder, last_bias)
+        out = folder / f'{family.replace(" ", "_")}.onnx'
+        export.write_checked(export.trace(model, arch, 18, (64, 96)), model, arch, out, (96, 64), 1e-4)
+        _EXPORTED[family, last_bias] = out
+    return _EXPORTED[family, last_bias]
+
+
+@pytest.fixture
+def calibration(tmp_path):
+    """Five small images in two folders, and one file that is not an image."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'calibration'
+    for i, (h, w) in enumerate([(64, 96), (80, 80), (48, 112), (96, 64), (72, 72)]):
+        path = folder / ('a' if i % 2 else 'b') / f'{i}.jpg'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 2))
+    (folder / 'a' / 'broken.jpg').write_bytes(b'not a jpeg')
+    return folder
+
+
+def export_int8(weights, out, calibration, *flags):
+    import export
+    export.main(export.parse_args(['--weights', str(weights), '--out', str(out), '--int8', '--calibration',
+                                   str(calibration), *map(str, flags)]))
+
+
+def evaluate_with_the_training_script(family, weights, tmp_path) -> dict:
+    """train_centernet.py / train_retinanet.py --evaluate on a tiny synthetic set: the results they write."""
+    if family == 'retinanet':
+        import train_retinanet as script
+        root = make_voc(tmp_path / 'voc', num_images=6, seed=0)
+        argv = ['--data-root', str(root)]
+    else:
+        import train_centernet as script
+        argv = ['--data-root', str(make_widerface(tmp_path / 'faces', num_images=4, seed=0))]
+    script.main(script.parse_args(argv + ['--evaluate', '--weights', str(weights), '--device', 'cpu', '--workers',
+                                          '0', '--out', str(tmp_path / 'evaluate')]))
+    return json.loads((tmp_path / 'evaluate' / 'results.json').read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_int8_export_records_its_calibration_runs_like_fp32_and_is_refused_past_the_tolerance(
+        family, calibration, tmp_path, tmp_path_factory, capsys):
+    import detect
+    fp32 = exported(family, tmp_path_factory)
+    out = tmp_path / 'int8.onnx'
+    with pytest.raises(SystemExit) as stop:
+        export_int8(fp32, out, calibration, '--calibration-images', 5, '--int8-tolerance', 0)
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.count('\n') == 1 and 'drift' in err and 'nothing written' in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['calibration']  # no file, no leftovers
+
+    export_int8(fp32, out, calibration, '--calibration-images', 5, '--int8-tolerance', 1)
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    recorded = json.loads(meta[INT8_KEY])
+    assert recorded['calibration']['folder'] == str(calibration) and recorded['calibration']['images'] == 4
+    assert recorded['calibration']['unreadable'] == 1 and recorded['calibration']['method'] == 'minmax'
+    assert 0 < recorded['drift'] <= 1 and recorded['tolerance'] == 1
+    assert recorded['fp32'] == 'none' and recorded['fp32_convs'] == []  # everything int8 is tried first
+    fp32_meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    assert {k: meta[k] for k in fp32_meta} == fp32_meta  # arch, pixels, outputs, decoding: as the fp32 file's
+    assert any(n.op_type == 'QLinearConv' for n in model.graph.node)
+
+    found = detect.main(detect.parse_args(['--weights', str(out), '--source', str(calibration / 'a'), '--device',
+                                           'cpu', '--out', str(tmp_path / 'detect'), '--save-txt', '--no-save']))
+    assert found['images'] == 2 and found['skipped'] == ['broken.jpg']
+    assert len(list((tmp_path / 'detect').glob('*.txt'))) == 2
+    if family in ('centerface', 'retinanet'):
+        results = evaluate_with_the_training_script(family, out, tmp_path)
+        assert set(results) >= ({'mAP'} if family == 'retinanet' else {'easy', 'medium', 'hard'})
+
+
+@pytest.mark.slow
+def test_int8_export_from_a_checkpoint_traces_checks_and_quantizes(calibration, tmp_path, capsys):
+    weights, _, _ = checkpoint('retinaface', tmp_path)
+    out = tmp_path / 'out' / 'mnet_int8.onnx'
+    export_int8(weights, out, calibration, '--calibration-images', 10, '--int8-tolerance', 1)
+    printed = capsys.readouterr().out
+    assert 'self-check on' in printed and 'calibrated on 5 images' in printed and 'int8)' in printed, printed
+    assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[INT8_KEY])['calibration'][
+        'images'] == 5
+    assert sorted(p.name for p in out.parent.iterdir()) == ['mnet_int8.onnx']  # the fp32 file was temporary
+
+
+def fake_export(path, int8: bool):
+    """An .onnx file with our metadata and no graph: enough for the checks that come before the network runs."""
+    model = onnx.helper.make_model(onnx.helper.make_graph([], 'g', [], []))
+    model.metadata_props.add(key='facekit_arch', value=json.dumps(FAMILIES['centerface'][0]))
+    if int8:
+        model.metadata_props.add(key=INT8_KEY, value='{}')
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize('case', ['no calibration', 'calibration alone', 'missing folder', 'no images', 'undecodable',
+                                  'onnx alone', 'already int8', 'recognition'])
+def test_bad_int8_input_is_one_line_exit_2(case, tmp_path, capsys):
+    import export
+    weights, _, _ = checkpoint('centerface', tmp_path)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'notes.txt').write_text('no images here')
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'a.jpg').write_bytes(b'not a jpeg')
+    fp32, int8 = fake_export(tmp_path / 'fp32.onnx', False), fake_export(tmp_path / 'int8.onnx', True)
+    recognition = tmp_path / 'recognition.pt'
+    torch.save({'model': {}, 'arch': {'name': 'recognition', 'backbone': 'fmobile', 'input': 'gray128'}}, recognition)
+    argv, says = {
+        'no calibration': (['--weights', weights, '--int8'], '--int8 needs --calibration'),
+        'calibration alone': (['--weights', weights, '--calibration', empty], '--calibration'),
+        'missing folder': (['--weights', weights, '--int8', '--calibration', tmp_path / 'nope'], 'not found'),
+        'no images': (['--weights', fp32, '--int8', '--calibration', empty], '--calibration'),
+        'undecodable': (['--weights', fp32, '--int8', '--calibration', broken], '1 could not be decoded'),
+        'onnx alone': (['--weights', fp32], 'quantizes an fp32 export with --int8'),
+        'already int8': (['--weights', int8, '--int8', '--calibration', empty], 'already int8'),
+        'recognition': (['--weights', recognition, '--int8', '--calibration', empty], 'detectors only'),
+    }[case]
+    with pytest.raises(SystemExit) as stop:
+        export.main(export.parse_args([str(a) for a in argv] + ['--out', str(tmp_path / 'm.onnx')]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count('\n') == 1 and says in err, err
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_stem_is_the_chain_before_the_first_branch():
+    """A conv -> relu -> conv -> relu chain, then a tensor two convs read: the stem is the four nodes before it;
+    a pooling after the last conv's activation stays out of it."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node('Conv', ['x', 'w'], ['a'], name='c1'), helper.make_node('Relu', ['a'], ['b'], name='r1'),
+             helper.make_node('Conv', ['b', 'w'], ['c'], name='c2'), helper.make_node('Relu', ['c'], ['d'], name='r2'),
+             helper.make_node('MaxPool', ['d'], ['e'], name='pool', kernel_shape=[2, 2]),
+             helper.make_node('Shape', ['e'], ['s'], name='shape'),
+             helper.make_node('Conv', ['e', 'w'], ['f'], name='left'),
+             helper.make_node('Conv', ['e', 'w'], ['g'], name='right')]
+    graph = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ('f', 'g', 's')])
+    assert stem_nodes(helper.make_model(graph)) == ['c1', 'r1', 'c2', 'r2']
+
+
+def test_calibration_images_spread_over_the_folders(tmp_path):
+    for event in range(4):
+        for i in range(5):
+            path = tmp_path / f'{event}--event' / f'{i}.jpg'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b'')
+    (tmp_path / 'notes.txt').write_text('not an image')
+    picked = calibration_paths(tmp_path, 4)
+    assert [p.parent.name for p in picked] == ['0--event', '1--event', '2--event', '3--event']
+    assert len(calibration_paths(tmp_path)) == 20
+
+
+def test_confident_threshold_is_lowered_only_for_a_model_with_fewer_confident_detections_than_images():
+    def results(*scores):
+        return [{'scores': np.array(s, np.float32)} for s in scores]
+    assert confident_threshold(results([0.9, 0.6], [0.7, 0.1]), 3) == CONFIDENT   # 3 >= 0.5 for 3 images
+    assert confident_threshold(results([0.3, 0.2], [0.4, 0.05], []), 3) == pytest.approx(0.2)  # the 3rd best
+    assert confident_threshold(results([0.3], [], []), 3) == pytest.approx(0.3)   # fewer detections than images
+    assert confident_threshold(results([], [], []), 3) == CONFIDENT               # nothing: refused by the caller
+
+
+@pytest.mark.slow
+def test_an_undertrained_network_scoring_below_the_threshold_still_gets_a_drift_and_a_refusal(
+        calibration, tmp_path, tmp_path_factory):
+    """A fresh CenterFace whose heatmap scores about 0.05 everywhere, nothing near detect.py's 0.5: its best
+    detections stand in as the truth, so the drift is a number and tolerance 0 refuses with it."""
+    fp32 = exported('centerface', tmp_path_factory, last_bias=-3.0)
+    out = tmp_path / 'int8.onnx'
+    with pytest.raises(QuantizationRefused, match=r'drift \d\.\d+ with 0 convs fp32 .* against its 4 confident'):
+        quantize_detector(fp32, out, calibration, images=5, tolerance=0, keep_fp32=[], log=lambda *_: None)
+    assert not out.exists()
+    report = quantize_detector(fp32, out, calibration, images=5, tolerance=None, keep_fp32=[], log=lambda *_: None)
+    assert 0 < report['drift'] <= 1 and '(4 on the calibration images)' in report['drift_measure']
+    threshold = float(report['drift_measure'].split('>= ')[1].split(' ')[0])
+    assert 0.02 < threshold < CONFIDENT, report['drift_measure']
