@@ -5,6 +5,7 @@ A checkpoint is a plain dict: `model`, `arch` (what `common.models.build_model` 
 and then renamed over the target (`os.replace` is atomic), so a process killed mid-save leaves the previous file whole.
 Loading uses `torch.load(weights_only=True)`: tensors and plain containers only, no pickled code.
 """
+import hashlib
 import os
 import pickle
 import random
@@ -101,6 +102,15 @@ def _unsafe_globals(path: Path, error: Exception) -> list[str]:
 def _first_line(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
+
+
+def file_sha256(path) -> str:
+    """The hex SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def strip_module_prefix(state_dict: dict) -> dict:

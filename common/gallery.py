@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .align import crop_face, pick_face
+from .checkpoint import file_sha256
 from .data.images import is_image_file, read_image
 
 UNKNOWN = 'unknown'
@@ -37,17 +38,9 @@ class GalleryError(ValueError):
     """A gallery that cannot name anyone: missing, empty, or a person without one usable photo."""
 
 
-def file_digest(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_key(model_files, **settings) -> str:
     """A hash of the files' contents and the settings (JSON-able values): the cache's key."""
-    parts = [file_digest(p) for p in model_files] + [json.dumps(settings, sort_keys=True)]
+    parts = [file_sha256(p) for p in model_files] + [json.dumps(settings, sort_keys=True)]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()
 
 

@@ -1,9 +1,13 @@
-"""int8 detectors: `export.py --int8` on a tiny, freshly initialised network of each family we export (RetinaFace,
-our CenterFace, the released CenterFace's layers, RetinaNet) writes a file that says it is int8 and on what it was
-calibrated, runs through detect.py and the training scripts' --evaluate like the fp32 file, and is refused when its
-detections drift past the tolerance; bad flags get one line. The networks' score biases are set so that a fresh
-network scores about 0.5 or more everywhere and has confident detections to compare."""
+"""int8 detectors: `export.py --int8` on a tiny, freshly initialised network of each family we export (RetinaFace
+from its checkpoint, the released CenterFace's layers and RetinaNet from their fp32 .onnx) writes a file that says it
+is int8 and on what it was calibrated, runs through detect.py and the training scripts' --evaluate like the fp32
+file, and is refused when its detections drift past the tolerance; bad flags get one line. The networks' score
+biases are set so that a fresh network scores about 0.5 or more everywhere and has confident detections to compare.
+Tracing takes most of the time (about 20 s a network), so each fp32 file is traced once a session, for both xdist
+workers."""
+import fcntl
 import json
+import os
 
 import cv2
 import numpy as np
@@ -14,7 +18,7 @@ import torch
 from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, retinanet_anchor_sizes
 from common.inference.onnx_model import INT8_KEY
 from common.inference.quantize import (CONFIDENT, QuantizationRefused, calibration_paths, confident_threshold,
-                                       quantize_detector, stem_nodes)
+                                       head_nodes, quantize_detector, stem_nodes)
 from common.models import build_model
 from common.models.centerface import RELEASED_ARCH
 from common.synthetic import make_voc, make_widerface
@@ -29,36 +33,36 @@ FAMILIES = {  # arch, the score head's bias (softmax for RetinaFace: any one val
                    'anchor_sizes': list(retinanet_anchor_sizes(64)), 'anchor_scales': list(RETINANET_SCALES),
                    'anchor_ratios': list(RETINANET_RATIOS), 'size': 64}, 'classifier.output', 1.0),
 }
-_EXPORTED = {}
 
 
-def checkpoint(family, folder, last_bias=None):
-    """Our checkpoint of a fresh network of `family`, its score biases set; `last_bias`: then the score head's last
-    bias (the logit's) set to that."""
+def checkpoint(family, folder):
+    """Our checkpoint of a fresh network of `family`, its score biases set."""
     arch, score_head, bias = FAMILIES[family]
     torch.manual_seed(0)
     model = build_model(arch).eval()
     with torch.no_grad():
-        biases = [p for name, p in model.named_parameters() if name.startswith(score_head) and name.endswith('bias')]
-        for parameter in biases:
-            parameter.fill_(bias)
-        if last_bias is not None:
-            biases[-1].fill_(last_bias)
+        for name, parameter in model.named_parameters():
+            if name.startswith(score_head) and name.endswith('bias'):
+                parameter.fill_(bias)
     path = folder / f'{family.replace(" ", "_")}.pt'
     torch.save({'model': model.state_dict(), 'arch': arch}, path)
     return path, model, arch
 
 
-def exported(family, tmp_path_factory, last_bias=None):
-    """The fp32 .onnx of `family`, traced once per test session (in-process: export.py's own steps)."""
-    if (family, last_bias) not in _EXPORTED:
-        import export
-        folder = tmp_path_factory.mktemp('fp32')
-        _, model, arch = checkpoint(family, folder, last_bias)
-        out = folder / f'{family.replace(" ", "_")}.onnx'
-        export.write_checked(export.trace(model, arch, 18, (64, 96)), model, arch, out, (96, 64), 1e-4)
-        _EXPORTED[family, last_bias] = out
-    return _EXPORTED[family, last_bias]
+def exported(family, tmp_path_factory):
+    """The fp32 .onnx of `family`, traced by export.py's own steps in-process, once a session: in the folder the
+    xdist workers' temporary folders share, under a lock, so the worker that comes second reads the first's file."""
+    import export
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'int8-fp32'
+    shared.mkdir(exist_ok=True)
+    out = shared / f'{family.replace(" ", "_")}.onnx'
+    with open(shared / '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            _, model, arch = checkpoint(family, shared)
+            export.write_checked(export.trace(model, arch, 18, (64, 96)), model, arch, out, (96, 64), 1e-4)
+    return out
 
 
 @pytest.fixture
@@ -95,19 +99,30 @@ def evaluate_with_the_training_script(family, weights, tmp_path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('family', list(FAMILIES))
+@pytest.mark.parametrize('family', ['retinaface', 'centerface released', 'retinanet'])
 def test_int8_export_records_its_calibration_runs_like_fp32_and_is_refused_past_the_tolerance(
         family, calibration, tmp_path, tmp_path_factory, capsys):
+    """RetinaFace goes from its checkpoint (export.py traces, checks, then quantizes, and keeps no fp32 file); the
+    other two from their fp32 .onnx, RetinaNet (weights shared across levels) first refused at tolerance 0."""
     import detect
-    fp32 = exported(family, tmp_path_factory)
-    out = tmp_path / 'int8.onnx'
-    with pytest.raises(SystemExit) as stop:
-        export_int8(fp32, out, calibration, '--calibration-images', 5, '--int8-tolerance', 0)
-    err = capsys.readouterr().err
-    assert stop.value.code == 1 and err.count('\n') == 1 and 'drift' in err and 'nothing written' in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['calibration']  # no file, no leftovers
+    from common.inference.onnx_model import metadata_for
+    out = tmp_path / 'out' / 'int8.onnx'
+    if family == 'retinaface':
+        weights, _, arch = checkpoint(family, tmp_path)
+    else:
+        weights, arch = exported(family, tmp_path_factory), FAMILIES[family][0]
+    if family == 'retinanet':
+        with pytest.raises(SystemExit) as stop:
+            export_int8(weights, out, calibration, '--calibration-images', 5, '--int8-tolerance', 0)
+        err = capsys.readouterr().err
+        assert stop.value.code == 1 and err.count('\n') == 1 and 'drift' in err and 'nothing written' in err, err
+        assert not out.parent.exists() or not any(out.parent.iterdir())
 
-    export_int8(fp32, out, calibration, '--calibration-images', 5, '--int8-tolerance', 1)
+    export_int8(weights, out, calibration, '--calibration-images', 5, '--int8-tolerance', 1)
+    printed = capsys.readouterr().out
+    assert 'calibrated on 4 images' in printed and 'int8)' in printed, printed
+    assert ('self-check on' in printed) == (family == 'retinaface'), printed  # traced and checked first
+    assert sorted(p.name for p in out.parent.iterdir()) == ['int8.onnx']  # no fp32 file, no leftovers
     model = onnx.load(str(out))
     meta = {p.key: p.value for p in model.metadata_props}
     recorded = json.loads(meta[INT8_KEY])
@@ -115,29 +130,16 @@ def test_int8_export_records_its_calibration_runs_like_fp32_and_is_refused_past_
     assert recorded['calibration']['unreadable'] == 1 and recorded['calibration']['method'] == 'minmax'
     assert 0 < recorded['drift'] <= 1 and recorded['tolerance'] == 1
     assert recorded['fp32'] == 'none' and recorded['fp32_convs'] == []  # everything int8 is tried first
-    fp32_meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-    assert {k: meta[k] for k in fp32_meta} == fp32_meta  # arch, pixels, outputs, decoding: as the fp32 file's
+    assert {k: meta[k] for k in metadata_for(arch)} == metadata_for(arch)  # arch, pixels, outputs: as fp32's
     assert any(n.op_type == 'QLinearConv' for n in model.graph.node)
 
     found = detect.main(detect.parse_args(['--weights', str(out), '--source', str(calibration / 'a'), '--device',
                                            'cpu', '--out', str(tmp_path / 'detect'), '--save-txt', '--no-save']))
     assert found['images'] == 2 and found['skipped'] == ['broken.jpg']
     assert len(list((tmp_path / 'detect').glob('*.txt'))) == 2
-    if family in ('centerface', 'retinanet'):
+    if family != 'retinaface':
         results = evaluate_with_the_training_script(family, out, tmp_path)
         assert set(results) >= ({'mAP'} if family == 'retinanet' else {'easy', 'medium', 'hard'})
-
-
-@pytest.mark.slow
-def test_int8_export_from_a_checkpoint_traces_checks_and_quantizes(calibration, tmp_path, capsys):
-    weights, _, _ = checkpoint('retinaface', tmp_path)
-    out = tmp_path / 'out' / 'mnet_int8.onnx'
-    export_int8(weights, out, calibration, '--calibration-images', 10, '--int8-tolerance', 1)
-    printed = capsys.readouterr().out
-    assert 'self-check on' in printed and 'calibrated on 5 images' in printed and 'int8)' in printed, printed
-    assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[INT8_KEY])['calibration'][
-        'images'] == 5
-    assert sorted(p.name for p in out.parent.iterdir()) == ['mnet_int8.onnx']  # the fp32 file was temporary
 
 
 def fake_export(path, int8: bool):
@@ -196,6 +198,22 @@ def test_stem_is_the_chain_before_the_first_branch():
     assert stem_nodes(helper.make_model(graph)) == ['c1', 'r1', 'c2', 'r2']
 
 
+def test_heads_are_the_convs_the_outputs_are_read_from():
+    """Two levels' output convs, reshaped, transposed and concatenated into one output, and a conv before them that
+    feeds both: the heads are the two output convs, not the shared one."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node('Conv', ['x', 'w'], ['t'], name='tower'),
+             helper.make_node('Conv', ['t', 'w'], ['a'], name='out1'),
+             helper.make_node('Conv', ['t', 'w'], ['b'], name='out2'),
+             helper.make_node('Transpose', ['a'], ['a1'], name='ta', perm=[0, 2, 3, 1]),
+             helper.make_node('Reshape', ['a1', 'shape'], ['a2'], name='ra'),
+             helper.make_node('Reshape', ['b', 'shape'], ['b2'], name='rb'),
+             helper.make_node('Concat', ['a2', 'b2'], ['y'], name='cat', axis=1)]
+    graph = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)])
+    assert sorted(head_nodes(helper.make_model(graph))) == ['out1', 'out2']
+
+
 def test_calibration_images_spread_over_the_folders(tmp_path):
     for event in range(4):
         for i in range(5):
@@ -220,9 +238,15 @@ def test_confident_threshold_is_lowered_only_for_a_model_with_fewer_confident_de
 @pytest.mark.slow
 def test_an_undertrained_network_scoring_below_the_threshold_still_gets_a_drift_and_a_refusal(
         calibration, tmp_path, tmp_path_factory):
-    """A fresh CenterFace whose heatmap scores about 0.05 everywhere, nothing near detect.py's 0.5: its best
-    detections stand in as the truth, so the drift is a number and tolerance 0 refuses with it."""
-    fp32 = exported('centerface', tmp_path_factory, last_bias=-3.0)
+    """The fresh released-layout CenterFace with its heatmap bias at -3 (scores about 0.05 everywhere, nothing near
+    detect.py's 0.5): its best detections stand in as the truth, so the drift is a number and tolerance 0 refuses
+    with it."""
+    from onnx import numpy_helper
+    model = onnx.load(str(exported('centerface released', tmp_path_factory)))
+    bias = next(t for t in model.graph.initializer if t.name == 'heads.hm.bias')
+    bias.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(bias), -3.0), bias.name))
+    fp32 = tmp_path / 'undertrained.onnx'
+    onnx.save(model, str(fp32))
     out = tmp_path / 'int8.onnx'
     with pytest.raises(QuantizationRefused, match=r'drift \d\.\d+ with 0 convs fp32 .* against its 4 confident'):
         quantize_detector(fp32, out, calibration, images=5, tolerance=0, keep_fp32=[], log=lambda *_: None)

@@ -51,6 +51,36 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+class StageClock:
+    """Times a detector call's stages: preprocess (to the batch on the device), forward, then postprocess (up to
+    `stages()`), in ms. Each mark waits for CUDA's queued work, so each stage's time is its own."""
+
+    def __init__(self, device):
+        self.device, self.marks = device, [time.perf_counter()]
+
+    def mark(self):
+        synchronize(self.device)
+        self.marks.append(time.perf_counter())
+
+    def stages(self) -> dict:
+        start, prepared, forwarded = self.marks
+        done = time.perf_counter()
+        return {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
+                'postprocess': (done - forwarded) * 1000}
+
+
+def run_network(detector, images: list[np.ndarray]):
+    """`detector.prepare` the images into one batch on its device, then its network: (outputs, batch, scales,
+    the StageClock marked after each)."""
+    clock = StageClock(detector.device)
+    batch, scales = detector.prepare(images)
+    batch = batch.to(detector.device, non_blocking=True)
+    clock.mark()
+    outputs = detector.model(batch)
+    clock.mark()
+    return outputs, batch, scales, clock
+
+
 class FaceDetector:
     """RetinaFace and CenterFace: `detector(list of BGR uint8 images) -> list of {'boxes' (N,4) xyxy, 'scores' (N,),
     'landmarks' (N,5,2)}` in each image's own pixels; `detector.times` holds the last call's stage times in ms; its
@@ -106,14 +136,7 @@ class FaceDetector:
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
-        start = time.perf_counter()
-        batch, scales = self.prepare(images)
-        batch = batch.to(self.device, non_blocking=True)
-        synchronize(self.device)
-        prepared = time.perf_counter()
-        outputs = self.model(batch)
-        synchronize(self.device)
-        forwarded = time.perf_counter()
+        outputs, batch, scales, clock = run_network(self, images)
         boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:], self.pre_nms_top_k)
         boxes, landmarks = to_image_pixels(boxes, landmarks, scales)  # NMS in each image's own pixels
         if self.border_rule is not None:
@@ -121,9 +144,7 @@ class FaceDetector:
         results = postprocess(boxes, scores, landmarks, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                               pre_nms_top_k=self.pre_nms_top_k, keep_top_k=self.keep_top_k)
         results = [{k: v.float().cpu().numpy() for k, v in r.items()} for r in results]
-        done = time.perf_counter()
-        self.times = {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
-                      'postprocess': (done - forwarded) * 1000}
+        self.times = clock.stages()
         return results
 
 
@@ -179,21 +200,12 @@ class ObjectDetector:
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
-        start = time.perf_counter()
-        batch, scales = self.prepare(images)
-        batch = batch.to(self.device, non_blocking=True)
-        synchronize(self.device)
-        prepared = time.perf_counter()
-        cls_logits, box_offsets = self.model(batch)
-        synchronize(self.device)
-        forwarded = time.perf_counter()
+        (cls_logits, box_offsets), _, scales, clock = run_network(self, images)
         candidates = decode_retinanet(cls_logits.to(self.device), box_offsets.to(self.device), self.anchors,
                                       self.pre_nms_top_k)
         found = postprocess_objects(*candidates, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                                     keep_top_k=self.keep_top_k, scales=scales,
                                     image_sizes=[image.shape[:2] for image in images])
         results = [{k: v.cpu().numpy() for k, v in f.items()} for f in found]
-        done = time.perf_counter()
-        self.times = {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
-                      'postprocess': (done - forwarded) * 1000}
+        self.times = clock.stages()
         return results

@@ -14,6 +14,8 @@ How (each choice measured on the shared RetinaFace MobileNet0.25 with bench/int8
   level takes; the ResNet's 7 x 7 conv). Its depthwise filters amplify the rounding of 8-bit inputs (everything int8
   cost RetinaFace 0.06 Easy / Medium AP, the stem fp32 0.002), and on an AVX2 CPU its int8 kernels (few channels,
   depthwise) are slower than fp32's.
+  When the stem is not enough, the stem and the heads: the convs the outputs are read from (RetinaNet's class and box
+  output convs; all int8, our RetinaNet drifted 0.91, with the stem 0.91, with the stem and heads 0.04).
 - QOperator format (QDQ gave the same outputs and speed, and refuses weights shared by several convs, as RetinaNet's
   towers are), uint8 activations (int8 ones: 0.4x the fp32 speed on x86), MinMax ranges (Entropy and Percentile:
   the same AP within the noise of ten images, 3x the time), full-range weights (reduce_range: no faster, no better).
@@ -81,6 +83,26 @@ def stem_nodes(model) -> list[str]:
     if end < len(chain) and chain[end].op_type in ACTIVATIONS:
         end += 1
     return [node.name for node in chain[:end]]
+
+
+def head_nodes(model) -> list[str]:
+    """Names of the convs that write the network's outputs: walking back from each graph output through the nodes
+    that only move values (reshape, transpose, concatenate), the first conv on each path (RetinaNet's class and box
+    output convs at every level, RetinaFace's 1x1 heads). Logits and offsets read straight from them, so their
+    rounding lands in every score and box."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    movers = {'Reshape', 'Transpose', 'Concat', 'Flatten', 'Squeeze', 'Unsqueeze', 'Identity'}
+    found, todo, seen = [], [o.name for o in model.graph.output], set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == 'Conv':
+            found.append(node.name)
+        elif node.op_type in movers:
+            todo += [name for name in node.input[:1 if node.op_type != 'Concat' else None]]
+    return found
 
 
 class _RecordingSession:
@@ -177,13 +199,13 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
                       quant_format: str = 'qoperator', activations: str = 'uint8', reduce_range: bool = False,
                       log=print) -> dict:
     """Quantize the fp32 detector file `fp32_path` into `out_path` (see the module docstring) and return the report
-    recorded in its metadata under INT8_KEY. `keep_fp32`: 'auto' (every node int8; if that drifts past the
-    tolerance, the stem in fp32), 'stem', or the names of the nodes to keep in fp32 ([]: none). `method`,
-    `quant_format` ('qoperator' | 'qdq'), `activations` ('uint8' | 'int8') and `reduce_range` are there to measure
-    the alternatives. Raises QuantizationRefused (nothing written) when the drift exceeds `tolerance` or the fp32
-    file finds nothing confident to compare with; `tolerance` None measures and records the drift, never refuses.
-    CheckpointError for a file that is not one of our fp32 exports, FileNotFoundError for a folder without
-    readable images."""
+    recorded in its metadata under INT8_KEY. `keep_fp32`: 'auto' (every node int8; if that drifts past the tolerance,
+    the stem in fp32; then the stem and the heads), 'stem', or the names of the nodes to keep in fp32 ([]: none).
+    `method`, `quant_format` ('qoperator' | 'qdq'), `activations` ('uint8' | 'int8') and `reduce_range` are there to
+    measure the alternatives. Raises QuantizationRefused (nothing written) when the drift exceeds `tolerance` or the
+    fp32 file finds nothing confident to compare with; `tolerance` None measures and records the drift, never refuses.
+    CheckpointError for a file that is not one of our fp32 exports, FileNotFoundError for a folder without readable
+    images."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -209,7 +231,7 @@ def quantize_detector(fp32_path, out_path, calibration_dir, *, images: int | Non
     model = onnx.load(str(fp32_path))
     conv_weights = {node.name: node.input[1] for node in model.graph.node if node.op_type == 'Conv'}
     if keep_fp32 == 'auto':
-        candidates = {'none': [], 'stem': stem_nodes(model)}
+        candidates = {'none': [], 'stem': stem_nodes(model), 'stem+heads': stem_nodes(model) + head_nodes(model)}
     else:
         candidates = {keep_fp32: stem_nodes(model)} if keep_fp32 == 'stem' else {'given': list(keep_fp32)}
     report = {

@@ -24,7 +24,6 @@ input of another size than the file's: every output must agree within --toleranc
 checkpoint ({'model', 'arch', 'source'}) is written atomically.
 """
 import argparse
-import hashlib
 import os
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import runtime
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from .centerface import RELEASED_ARCH, RELEASED_SIZE_MULTIPLE, ReleasedCenterFace
 from .mobilefacenet import RELEASED_ARCH as MOBILEFACENET_ARCH, MobileFaceNet, released_state_dict
 
@@ -58,14 +57,6 @@ def released_centerface_path() -> Path:
 
 class ConversionError(CheckpointError):
     """The file does not hold the released network this converter knows."""
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_onnx(path):
@@ -222,7 +213,7 @@ def convert_centerface_onnx(onnx_path, out_path, tolerance: float = 1e-4) -> dic
     if not worst <= tolerance:
         raise ConversionError(f'{onnx_path}: our module differs from onnxruntime by {worst:.2e} > {tolerance:g} '
                               f'({differences})')
-    source = {'format': 'onnx', 'file': Path(onnx_path).name, 'sha256': sha256(onnx_path),
+    source = {'format': 'onnx', 'file': Path(onnx_path).name, 'sha256': file_sha256(onnx_path),
               'producer': f'{model.producer_name} {model.producer_version}'.strip()}
     save_checkpoint({'model': state, 'arch': dict(RELEASED_ARCH), 'source': source}, out_path)
     return {**report, 'differences': differences, 'source': source, 'parameters': sum(
@@ -243,7 +234,7 @@ def convert_mobilefacenet(path, out_path) -> dict:
     except RuntimeError as e:
         raise ConversionError(f'{path}: does not fit MobileFaceNet: {str(e).strip().splitlines()[-1].strip()}'
                               ) from None
-    source = {'format': 'mobilefacenet release', 'file': Path(path).name, 'sha256': sha256(path),
+    source = {'format': 'mobilefacenet release', 'file': Path(path).name, 'sha256': file_sha256(path),
               'epoch': obj.get('epoch')}
     save_checkpoint({'model': model.state_dict(), 'arch': dict(MOBILEFACENET_ARCH), 'source': source}, out_path)
     return {'source': source, 'tensors': len(state), 'parameters': sum(p.numel() for p in model.parameters())}
