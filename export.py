@@ -44,11 +44,11 @@ from common import runtime
 from common.checkpoint import CheckpointError
 from common.inference.load import load_detector_model
 from common.inference.onnx_model import INPUT_NAME, export_record, metadata_for
-from common.inference.quantize import DEFAULT_TOLERANCE, QuantizationRefused, quantize_detector
 from common.inference.recognizer import is_recognition_file, load_recognition_model
 from common.models import fuse_for_inference
 from common.models.recognition import FacePixels
 from common.models.retinaface import NETWORKS as RETINAFACE_NETWORKS
+from common.quantize import DEFAULT_TOLERANCE, QuantizationRefused, quantize_detector
 
 
 class SelfCheckFailed(RuntimeError):
@@ -220,7 +220,7 @@ def export(weights, out, args) -> dict:
 
 
 def quantize(fp32, out, args) -> dict:
-    """--int8: common/inference/quantize.py on the fp32 file `fp32`."""
+    """--int8: common/quantize.py on the fp32 file `fp32`."""
     print(f'quantizing to int8, calibrated on at most {args.calibration_images} images of {args.calibration}',
           flush=True)
     started = time.perf_counter()

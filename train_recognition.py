@@ -51,7 +51,7 @@ from common.evaluation.lfw import FOLDS, PairsFormatError, bin_scores, cosine_sc
     read_pairs, roc_curve, unreadable_images, verification_report
 from common.data.face_crops import face_transforms
 from common.data.image_folder import SeededImageFolder
-from common.data.images import is_image_file, pil_image_problem
+from common.data.images import image_files, pil_image_problem
 from common.data.rec import RecordDataset, RecordIOError, is_rec_folder
 from common.data.verification_bin import VerificationBinError, read_verification_bin
 from common.inference.recognizer import load_recognition_model
@@ -199,7 +199,7 @@ def export_embeddings(args, rt):
     """Every image under --export-embeddings DIR -> one .npz (key: path relative to DIR, value: unit vector)."""
     root = runtime.require_path(args.export_embeddings, '--export-embeddings', 'image folder')
     model, arch = load_backbone(args, rt)
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob('*') if is_image_file(p))
+    found = sorted(p.relative_to(root).as_posix() for p in image_files(root))
     problems = {path: pil_image_problem(root / path) for path in found}
     paths = [path for path in found if not problems[path]]
     skipped = [f'{path} ({why})' for path, why in problems.items() if why]

@@ -1,6 +1,6 @@
 """int8 quantization settings of one exported detector, measured in one run: for each setting, the network's forward
 time beside the fp32 file's (alternating, on one image), the drift on the calibration images, and optionally the
-WIDER FACE AP the training script's --evaluate gives. The table behind common/inference/quantize.py's choices
+WIDER FACE AP the training script's --evaluate gives. The table behind common/quantize.py's choices
 (docs/deployment.md, "int8").
 
     python export.py --weights ../shared/data/weights/retinaface_mobilenet0.25_Final.pth --network mobile0.25 \
@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
 from common import runtime  # noqa: E402
 from common.data.images import read_image  # noqa: E402
 from common.inference.load import build_detector  # noqa: E402
-from common.inference.quantize import quantize_detector, stem_nodes  # noqa: E402
+from common.quantize import quantize_detector, stem_nodes  # noqa: E402
 
 ACTIVATIONS = ('Relu', 'LeakyRelu', 'Clip')
 

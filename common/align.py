@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from . import runtime
 from .checkpoint import CheckpointError
-from .data.images import IMAGE_SUFFIXES, is_image_file, prefetch, read_image
+from .data.images import IMAGE_SUFFIXES, image_files, prefetch, read_image
 from .inference.load import build_detector
 from .models.retinaface import NETWORKS as RETINAFACE_NETWORKS
 
@@ -161,7 +161,7 @@ def list_images(source: Path) -> list:
     """(relative path, path) of every image under `source` (or of `source` itself), sorted."""
     if source.is_file():
         return [(Path(source.name), source)]
-    return sorted((p.relative_to(source), p) for p in source.rglob('*') if p.is_file() and is_image_file(p))
+    return [(p.relative_to(source), p) for p in image_files(source)]
 
 
 def write_image(path: Path, image: np.ndarray):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .align import crop_face, pick_face
 from .checkpoint import file_sha256
-from .data.images import is_image_file, read_image
+from .data.images import image_files, read_image
 
 UNKNOWN = 'unknown'
 # cosine similarity a face must reach to be named: between the different-person and same-person scores the released
@@ -83,7 +83,7 @@ class Gallery:
         cached = _read_cache(cache_file, key)
         entries, crops = {}, {}  # photo id -> cache entry; photo id -> aligned crop still to embed
         for person in people:
-            for photo in sorted(p for p in (root / person).rglob('*') if p.is_file() and is_image_file(p)):
+            for photo in image_files(root / person):
                 photo_id, stat = str(photo.resolve()), photo.stat()
                 entry = {'person': person, 'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns, 'embedding': None}
                 hit = cached.get(photo_id)

@@ -17,10 +17,10 @@ import torch
 
 from common.anchors import RETINANET_RATIOS, RETINANET_SCALES, retinanet_anchor_sizes
 from common.inference.onnx_model import INT8_KEY
-from common.inference.quantize import (CONFIDENT, QuantizationRefused, calibration_paths, confident_threshold,
-                                       head_nodes, quantize_detector, stem_nodes)
 from common.models import build_model
 from common.models.centerface import RELEASED_ARCH
+from common.quantize import (CONFIDENT, QuantizationRefused, agreement, calibration_paths, confident_threshold,
+                             head_nodes, quantize_detector, stem_nodes)
 from common.synthetic import make_voc, make_widerface
 from common.synthetic.objects import CLASSES as VOC_SYNTHETIC_CLASSES
 
@@ -233,6 +233,25 @@ def test_confident_threshold_is_lowered_only_for_a_model_with_fewer_confident_de
     assert confident_threshold(results([0.3, 0.2], [0.4, 0.05], []), 3) == pytest.approx(0.2)  # the 3rd best
     assert confident_threshold(results([0.3], [], []), 3) == pytest.approx(0.3)   # fewer detections than images
     assert confident_threshold(results([], [], []), 3) == CONFIDENT               # nothing: refused by the caller
+
+
+def test_agreement_is_the_ap_of_the_candidate_against_the_confident_reference():
+    """Two confident fp32 boxes (and one below 0.5, not counted as truth): the same boxes give AP 1; one of them
+    missed gives 0.5; a false box ranked above both gives 2/3 (VOC all-point AP: precision 1/2 then 2/3, the envelope
+    2/3 at both recalls);
+    RetinaNet's labels are scored per class and averaged."""
+    def found(boxes, scores, labels=None):
+        result = {'boxes': np.array(boxes, np.float32).reshape(-1, 4), 'scores': np.array(scores, np.float32)}
+        if labels is not None:
+            result['labels'] = np.array(labels)
+        return result
+    a, b, far = [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]
+    reference = [found([a, b, far], [0.9, 0.8, 0.3])]
+    assert agreement(reference, [found([a, b], [0.9, 0.8])]) == (pytest.approx(1.0), 2)
+    assert agreement(reference, [found([a], [0.9])])[0] == pytest.approx(0.5)
+    assert agreement(reference, [found([far, a, b], [0.95, 0.9, 0.8])])[0] == pytest.approx(2 / 3)
+    labelled = [found([a, b], [0.9, 0.8], [0, 1])]
+    assert agreement(labelled, [found([a, b], [0.9, 0.8], [0, 0])])[0] == pytest.approx(0.5)  # class 1 missed
 
 
 @pytest.mark.slow

@@ -20,6 +20,11 @@ def is_image_file(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder) -> list[Path]:
+    """Every image file under `folder`, searched recursively, sorted (by their suffix: nothing is read)."""
+    return sorted(p for p in Path(folder).rglob('*') if p.is_file() and is_image_file(p))
+
+
 def read_image(path):
     """BGR uint8 image, or None when the file cannot be read or decoded (np.fromfile also works for non-ASCII
     paths, which cv2.imread does not on Windows)."""

@@ -51,34 +51,23 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-class StageClock:
-    """Times a detector call's stages: preprocess (to the batch on the device), forward, then postprocess (up to
-    `stages()`), in ms. Each mark waits for CUDA's queued work, so each stage's time is its own."""
-
-    def __init__(self, device):
-        self.device, self.marks = device, [time.perf_counter()]
-
-    def mark(self):
-        synchronize(self.device)
-        self.marks.append(time.perf_counter())
-
-    def stages(self) -> dict:
-        start, prepared, forwarded = self.marks
-        done = time.perf_counter()
-        return {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
-                'postprocess': (done - forwarded) * 1000}
-
-
 def run_network(detector, images: list[np.ndarray]):
-    """`detector.prepare` the images into one batch on its device, then its network: (outputs, batch, scales,
-    the StageClock marked after each)."""
-    clock = StageClock(detector.device)
+    """`detector.prepare` the images into one batch on its device, then its network: (outputs, batch, scales, moments)
+    with `moments` the start, prepared and forwarded times that stage_times turns into ms."""
+    start = time.perf_counter()
     batch, scales = detector.prepare(images)
     batch = batch.to(detector.device, non_blocking=True)
-    clock.mark()
+    synchronize(detector.device)
+    prepared = time.perf_counter()
     outputs = detector.model(batch)
-    clock.mark()
-    return outputs, batch, scales, clock
+    synchronize(detector.device)
+    return outputs, batch, scales, (start, prepared, time.perf_counter())
+
+
+def stage_times(start, prepared, forwarded) -> dict:
+    """ms spent preparing, in the network, and since then (postprocess)."""
+    return {'preprocess': (prepared - start) * 1000, 'forward': (forwarded - prepared) * 1000,
+            'postprocess': (time.perf_counter() - forwarded) * 1000}
 
 
 class FaceDetector:
@@ -136,7 +125,7 @@ class FaceDetector:
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
-        outputs, batch, scales, clock = run_network(self, images)
+        outputs, batch, scales, moments = run_network(self, images)
         boxes, scores, landmarks = self.decode(outputs, batch.shape[-2:], self.pre_nms_top_k)
         boxes, landmarks = to_image_pixels(boxes, landmarks, scales)  # NMS in each image's own pixels
         if self.border_rule is not None:
@@ -144,7 +133,7 @@ class FaceDetector:
         results = postprocess(boxes, scores, landmarks, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                               pre_nms_top_k=self.pre_nms_top_k, keep_top_k=self.keep_top_k)
         results = [{k: v.float().cpu().numpy() for k, v in r.items()} for r in results]
-        self.times = clock.stages()
+        self.times = stage_times(*moments)
         return results
 
 
@@ -200,12 +189,12 @@ class ObjectDetector:
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[dict]:
-        (cls_logits, box_offsets), _, scales, clock = run_network(self, images)
+        (cls_logits, box_offsets), _, scales, moments = run_network(self, images)
         candidates = decode_retinanet(cls_logits.to(self.device), box_offsets.to(self.device), self.anchors,
                                       self.pre_nms_top_k)
         found = postprocess_objects(*candidates, conf_thres=self.conf_thres, nms_thres=self.nms_thres,
                                     keep_top_k=self.keep_top_k, scales=scales,
                                     image_sizes=[image.shape[:2] for image in images])
         results = [{k: v.cpu().numpy() for k, v in f.items()} for f in found]
-        self.times = clock.stages()
+        self.times = stage_times(*moments)
         return results

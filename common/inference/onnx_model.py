@@ -13,7 +13,7 @@ embedding out). Its metadata (string values, JSON where structured):
     facekit_decoding  what the decoder assumes of the outputs: priors settings for RetinaFace, the heatmap encoding
                       for CenterFace, the anchors for RetinaNet. Loading compares it with this version's decoder and
                       refuses a file made for another.
-    facekit_int8      only in an int8 file (export.py --int8, common/inference/quantize.py): how it was quantized,
+    facekit_int8      only in an int8 file (export.py --int8, common/quantize.py): how it was quantized,
                       on which images it was calibrated, which layers stayed fp32, its drift from the fp32 file
 """
 import json

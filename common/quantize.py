@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import CheckpointError
-from ..data.images import is_image_file, read_image
-from ..evaluation.voc import evaluate_class
-from .load import build_detector
-from .onnx_model import INPUT_NAME, INT8_KEY, read_metadata
+from .checkpoint import CheckpointError
+from .data.images import image_files, read_image
+from .evaluation.voc import evaluate_class
+from .inference.load import build_detector
+from .inference.onnx_model import INPUT_NAME, INT8_KEY, read_metadata
 
 CONFIDENT = 0.5              # the fp32 detections that count as the truth: detect.py's default threshold
 CANDIDATES = 0.02            # the int8 detections scored against them: the evaluation's threshold
@@ -57,7 +57,7 @@ class QuantizationRefused(RuntimeError):
 def calibration_paths(folder, limit: int | None = None) -> list[Path]:
     """The image files under `folder` (recursively, sorted); `limit` of them spread evenly over that order (so every
     event folder of a WIDER-like tree takes part), all when there are fewer."""
-    paths = sorted(p for p in Path(folder).rglob('*') if p.is_file() and is_image_file(p))
+    paths = image_files(folder)
     if limit and len(paths) > limit:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     return paths
